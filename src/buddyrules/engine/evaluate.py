@@ -1,0 +1,163 @@
+"""``evaluate``: one event through the fixed evaluation order (SPEC §3). Pure.
+
+The order, stated once, here:
+
+1. ``counters[type] += 1`` (every accepted type, declared in rules or not);
+2. streaks bound to this type: burn / freeze for missed periods, then tick;
+3. coin rules, then skill rules, then token rules, each in rulebook order;
+4. path sub-steps and steps;
+5. badges, repeated until nothing changes;
+6. evolution readiness, and with ``auto_evolve`` one stage.
+
+No clock, no I/O, no randomness: the same inputs give byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from buddyrules.engine.badges import evaluate_badges
+from buddyrules.engine.context import EventContext
+from buddyrules.engine.evolution import evaluate_evolution
+from buddyrules.engine.paths import evaluate_paths
+from buddyrules.engine.periods import local_date, zone
+from buddyrules.engine.rules import apply_coin_rules, apply_skill_rules, apply_token_rules
+from buddyrules.engine.streaks import apply_streaks
+from buddyrules.engine.turn import Outcome, Turn
+from buddyrules.errors import ValidationFailed
+from buddyrules.events import Event
+from buddyrules.rulebook.compiled import Rulebook
+from buddyrules.state import BuddyState
+
+__all__ = ["buddy_zone", "evaluate", "new_buddy"]
+
+
+def buddy_zone(rulebook: Rulebook, state: BuddyState) -> Any:
+    """The timezone periods are computed in: the buddy's own, else the rulebook's."""
+    return zone(state.timezone) if state.timezone else rulebook.tz
+
+
+def new_buddy(
+    rulebook: Rulebook,
+    user_id: str,
+    audience: str | None = None,
+    *,
+    timezone: str | None = None,
+    hatched_at: datetime | None = None,
+) -> BuddyState:
+    """A fresh stage-1 buddy pinned to ``rulebook.version``.
+
+    ``audience`` may be omitted when the rulebook has exactly one. Raises
+    :class:`ValidationFailed` for an unknown audience or timezone.
+    """
+    if audience is None:
+        audience = rulebook.default_audience
+        if audience is None:
+            raise ValidationFailed(
+                "audience is required: the rulebook configures several",
+                {"fields": {"audience": "required"}},
+            )
+    elif audience not in rulebook.audiences:
+        raise ValidationFailed(
+            f"unknown audience {audience!r}", {"fields": {"audience": "not configured"}}
+        )
+    if timezone is not None:
+        try:
+            zone(timezone)
+        except Exception as exc:  # zoneinfo raises several types for bad names
+            raise ValidationFailed(
+                f"unknown timezone {timezone!r}", {"fields": {"timezone": str(exc)}}
+            ) from None
+    if hatched_at is not None and hatched_at.tzinfo is None:
+        raise ValidationFailed(
+            "hatched_at must be timezone-aware", {"fields": {"hatched_at": "naive datetime"}}
+        )
+    return BuddyState(
+        user_id=user_id,
+        audience=audience,
+        rulebook_version=rulebook.version,
+        timezone=timezone,
+        hatched_at=hatched_at,
+    )
+
+
+def evaluate(
+    rulebook: Rulebook,
+    state: BuddyState,
+    event: Event | Mapping[str, Any],
+    *,
+    explain: bool = False,
+) -> Outcome:
+    """Apply one event to a buddy state and return the new state and the effects.
+
+    ``event`` is an :class:`Event` or a dict (snake or camel case) and must carry
+    ``occurred_at`` (the service fills it from its clock; the core reads none). An omitted
+    audience is the buddy's. Registration and quota are the service's business: an
+    unregistered type only bumps its counter.
+    """
+    ev = Event.coerce(event)
+    if ev.occurred_at is None:
+        raise ValidationFailed(
+            "occurred_at is required by evaluate (the pure core reads no clock)",
+            {"fields": {"occurred_at": "required"}},
+        )
+    if ev.user_id != state.user_id:
+        raise ValidationFailed(
+            f"event is for user {ev.user_id!r}, state is user {state.user_id!r}",
+            {"fields": {"user_id": "does not match the buddy"}},
+        )
+    audience = ev.audience if ev.audience is not None else state.audience
+    if audience != state.audience:
+        raise ValidationFailed(
+            f"event audience {audience!r} does not match the buddy's {state.audience!r}",
+            {"fields": {"audience": "does not match the buddy"}},
+        )
+    occurred_at = ev.occurred_at
+    ctx = EventContext.of(
+        ev.type, audience, occurred_at, local_date(occurred_at, buddy_zone(rulebook, state))
+    )
+    turn = Turn.start(rulebook, state, explain=explain)
+    turn.build_namespace(
+        {
+            "type": ev.type,
+            "audience": audience,
+            "user_id": ev.user_id,
+            "occurred_at": occurred_at.isoformat(),
+            "properties": ev.properties,
+        },
+        audience,
+    )
+
+    # 1. counters
+    turn.counters[ev.type] = turn.counters.get(ev.type, 0) + 1
+    # 2. streaks
+    streaks = rulebook.streaks_by_type.get(ev.type)
+    if streaks:
+        apply_streaks(turn, streaks, ctx)
+    # 3. coin, skill, token rules
+    coin_rules = rulebook.coin_rules_by_type.get(ev.type)
+    if coin_rules:
+        apply_coin_rules(turn, coin_rules, ctx)
+    skill_rules = rulebook.skill_rules_by_type.get(ev.type)
+    if skill_rules:
+        apply_skill_rules(turn, skill_rules, ctx)
+    token_rules = rulebook.token_rules_by_type.get(ev.type)
+    if token_rules:
+        apply_token_rules(turn, token_rules, ctx)
+    # 4. paths
+    if rulebook.paths:
+        evaluate_paths(turn, audience)
+    # 5. badges
+    if rulebook.badges:
+        evaluate_badges(turn, audience)
+    # 6. evolution
+    if len(rulebook.stages) > 1:
+        evaluate_evolution(turn)
+
+    last = state.last_event_at
+    return turn.finish(
+        last_event_at=occurred_at if last is None or occurred_at > last else last,
+        count_event=True,
+    )

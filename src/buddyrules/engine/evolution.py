@@ -1,0 +1,56 @@
+"""Evolution: readiness of the next stage and, with ``auto_evolve``, one stage per event."""
+
+from __future__ import annotations
+
+from buddyrules.engine.turn import Notification, Turn
+
+__all__ = ["evaluate_evolution", "evolve_now", "next_stage_ready"]
+
+
+def next_stage_ready(turn: Turn) -> tuple[bool, str | None]:
+    """Whether the next stage's condition holds (False at the last stage)."""
+    stages = turn.rulebook.stages
+    if turn.stage >= len(stages):
+        return False, None
+    when = stages[turn.stage].when  # stages[n] is stage n + 1
+    if when is None:
+        return False, None
+    return when.test(turn.ns)
+
+
+def evolve_now(turn: Turn, reason: str) -> None:
+    """Advance one stage (the caller checked readiness)."""
+    turn.stage += 1
+    turn.ns["stage"] = turn.stage
+    turn.evolved_to = turn.stage
+    turn.visible = True
+    stage = turn.rulebook.stages[turn.stage - 1]
+    turn.notifications.append(
+        Notification("buddy.evolved", {"stage": turn.stage, "name": stage.name, "reason": reason})
+    )
+
+
+def evaluate_evolution(turn: Turn) -> None:
+    """Report readiness; with ``auto_evolve`` advance one stage (never backwards)."""
+    ready, problem = next_stage_ready(turn)
+    entry = None
+    if turn.explain:
+        entry = {"kind": "evolution", "rule": f"stage {turn.stage + 1}", "fired": ready}
+        if problem is not None:
+            entry["reason"] = f"evaluation problem: {problem}"
+        elif not ready:
+            entry["reason"] = (
+                "last stage reached"
+                if turn.stage >= len(turn.rulebook.stages)
+                else "condition false"
+            )
+        turn.trace.append(entry)
+    if ready and turn.evolution_notified < turn.stage + 1:
+        turn.evolution_notified = turn.stage + 1
+        turn.evolution_became_ready = True
+        turn.visible = True
+        turn.notifications.append(Notification("evolution.ready", {"stage": turn.stage + 1}))
+    if ready and turn.rulebook.auto_evolve:
+        evolve_now(turn, "auto_evolve")
+        ready, _ = next_stage_ready(turn)
+    turn.evolution_ready = ready

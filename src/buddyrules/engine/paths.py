@@ -1,0 +1,111 @@
+"""Paths: sub-steps and steps, unlocked and completed in order (SPEC §3 step 4).
+
+A step unlocks when the previous step completes, or by its own ``unlock_condition``
+(the first step is unlocked unless it has one). An unlocked step completes when all its
+sub-steps are done and its ``completion_condition`` (if any) holds; completing pays its
+reward. One forward pass per path suffices, because a step only depends on earlier ones.
+"""
+
+from __future__ import annotations
+
+from buddyrules.engine.turn import Notification, Turn
+from buddyrules.rulebook.compiled import Path, Step
+from buddyrules.state import PathState
+
+__all__ = ["complete_sub_step", "evaluate_paths"]
+
+
+def _holds(turn: Turn, step: Step, which: str) -> bool:
+    expr = step.unlock if which == "unlock" else step.completion
+    if expr is None:
+        return True
+    ok, problem = expr.test(turn.ns)
+    if problem is not None:
+        turn.problem(f"{step.path}.{which}", problem)
+    return ok
+
+
+def evaluate_paths(turn: Turn, audience: str) -> None:
+    """Advance every path of the buddy's audience as far as its conditions allow."""
+    for path in turn.rulebook.paths:
+        if path.audience is not None and path.audience != audience:
+            continue
+        _advance_path(turn, path)
+
+
+def _advance_path(turn: Turn, path: Path) -> None:
+    st = turn.paths.get(path.key) or PathState()
+    unlocked = list(st.unlocked)
+    completed = list(st.completed)
+    done = list(st.sub_steps_done)
+    changed = False
+    previous_complete = True
+    for step in path.steps:
+        if step.key in completed:
+            previous_complete = True
+            continue
+        if step.key not in unlocked:
+            can = _holds(turn, step, "unlock") if step.unlock is not None else previous_complete
+            if not can:
+                previous_complete = False
+                continue
+            unlocked.append(step.key)
+            changed = True
+            turn.path_changes.append({"path": path.key, "step": step.key, "status": "unlocked"})
+        all_subs = True
+        for sub in step.sub_steps:
+            ref = f"{step.key}/{sub.key}"
+            if ref in done:
+                continue
+            if sub.completion is not None:
+                ok, problem = sub.completion.test(turn.ns)
+                if problem is not None:
+                    turn.problem(f"{step.path}.{sub.key}", problem)
+                if ok:
+                    done.append(ref)
+                    changed = True
+                    turn.path_changes.append(
+                        {
+                            "path": path.key,
+                            "step": step.key,
+                            "sub_step": sub.key,
+                            "status": "completed",
+                        }
+                    )
+                    continue
+            all_subs = False
+        if all_subs and _holds(turn, step, "complete"):
+            completed.append(step.key)
+            changed = True
+            turn.path_changes.append({"path": path.key, "step": step.key, "status": "completed"})
+            turn.notifications.append(
+                Notification("path.step_completed", {"path": path.key, "step": step.key})
+            )
+            turn.paths[path.key] = PathState(
+                unlocked=tuple(unlocked), completed=tuple(completed), sub_steps_done=tuple(done)
+            )
+            turn.pay(step.reward, f"path:{path.key}:{step.key}")
+            previous_complete = True
+        else:
+            previous_complete = False
+    if changed:
+        turn.visible = True
+        turn.paths[path.key] = PathState(
+            unlocked=tuple(unlocked), completed=tuple(completed), sub_steps_done=tuple(done)
+        )
+
+
+def complete_sub_step(turn: Turn, path_key: str, step_key: str, sub_key: str) -> bool:
+    """Mark a sub-step done by hand (admin). Returns False if it was already done."""
+    st = turn.paths.get(path_key) or PathState()
+    ref = f"{step_key}/{sub_key}"
+    if ref in st.sub_steps_done:
+        return False
+    turn.paths[path_key] = PathState(
+        unlocked=st.unlocked, completed=st.completed, sub_steps_done=(*st.sub_steps_done, ref)
+    )
+    turn.visible = True
+    turn.path_changes.append(
+        {"path": path_key, "step": step_key, "sub_step": sub_key, "status": "completed"}
+    )
+    return True
