@@ -32,7 +32,11 @@ from buddyrules.rulebook import (
     load_rulebook,
     rulebook_json_schema,
 )
+from buddyrules.service import Engine, GateResult
 from buddyrules.state import BuddyState
+from buddyrules.storage.memory import MemoryStore
+from buddyrules.storage.postgres import PostgresStore
+from buddyrules.storage.sqlite import SQLiteStore
 
 __version__ = "0.1.0"
 
@@ -42,22 +46,27 @@ __all__ = [
     "BuddyState",
     "ConflictError",
     "Effects",
+    "Engine",
     "Event",
     "EventQuotaExceeded",
     "EventTypeNotRegistered",
     "EvolutionNotReady",
+    "GateResult",
     "IdempotencyKeyConflict",
     "InsufficientBalance",
     "LedgerEntry",
     "LintFinding",
+    "MemoryStore",
     "MissingAudience",
     "NoPublishedConfig",
     "Notification",
     "Outcome",
+    "PostgresStore",
     "ProgressionNotSpendable",
     "ResourceNotFound",
     "Rulebook",
     "RulebookError",
+    "SQLiteStore",
     "StoreError",
     "UnknownAudience",
     "ValidationFailed",
