@@ -1251,3 +1251,38 @@ def check(rules: tuple[str, ...], examples: int | None, seed: int | None) -> Non
     if examples is not None:
         kwargs["examples"] = examples
     _exit_with(glue(list(rules), **kwargs))
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Serve the events wire format over HTTP (needs uvicorn).")
+@click.argument("rules", metavar="RULES")
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite file (default: in memory).")
+@click.option("--tenant", default="default", show_default=True, help="Tenant to serve.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def serve(rules: str, db: str | None, tenant: str, host: str, port: int) -> None:
+    """Publish RULES and serve POST /events, GET /buddies/{user_id} and GET /healthz.
+
+    The app is :func:`buddyrules.server.create_app`; any ASGI server can run it. This command
+    uses uvicorn (``pip install "buddyrules[server]"``).
+    """
+    try:
+        import uvicorn
+    except ImportError:
+        raise CliError(
+            'serving needs uvicorn: pip install "buddyrules[server]" (or run '
+            "buddyrules.server.create_app(engine) under any ASGI server)",
+            exit_code=2,
+        ) from None
+    from buddyrules.server import create_app
+
+    rulebook = _load(rules)
+    engine = _engine(_sqlite_store(db) if db else None, tenant, None)
+    try:
+        engine.publish(rulebook)
+    except BuddyRulesError as exc:
+        raise CliError.from_error(exc, rules) from None
+    click.echo(f"serving {rulebook.name} ({rulebook.version}) on http://{host}:{port}", err=True)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
