@@ -282,3 +282,24 @@ def _to_toml(data: Any) -> str:
         raise TypeError(type(v))
 
     return "\n".join(f"{k} = {value(v)}" for k, v in data.items()) + "\n"
+
+
+def test_shape_and_expression_problems_are_reported_together() -> None:
+    doc = minimal(
+        coin_rules=[
+            {"event": "lesson_completed", "amount": 1, "daily_cap": 0},
+            {"event": "lesson_completed", "amount": 1, "when": "tokens.gemz > 1"},
+        ],
+        paths=[
+            {
+                "key": "p",
+                "steps": [{"key": "s", "unlock_condition": "has_badge('ghost')", "colour": 1}],
+            }
+        ],
+    )
+    found = {p["path"]: p for p in problems_of(doc)}
+    assert "coin_rules[0].daily_cap" in found  # a shape problem
+    assert "paths[0].steps[0].colour" in found  # another one
+    assert "gemz" in found["coin_rules[1].when"]["message"]  # and the expressions too
+    assert found["coin_rules[1].when"]["column"] is not None
+    assert "ghost" in found["paths[0].steps[0].unlock_condition"]["message"]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from buddyrules.conditions import ExpressionError, Symbols, compile_expression
 from buddyrules.errors import ResourceNotFound, RulebookError
 from buddyrules.rulebook.compiled import Rulebook, compile_rulebook
 from buddyrules.rulebook.schema import RulebookSpec
@@ -146,8 +147,97 @@ def load_rulebook(source: str | os.PathLike[str] | Mapping[str, Any] | Rulebook)
                 continue
             seen.add((path, message))
             problems.append({"path": path, "message": message, "column": None})
+        # Shape errors stop compilation; still check the expressions we can reach, so the
+        # author sees every problem in one pass rather than one layer at a time.
+        known = {p["path"] for p in problems}
+        problems.extend(p for p in _expression_problems(data) if p["path"] not in known)
         raise RulebookError(problems) from None
     return compile_rulebook(spec)
+
+
+def _keys(section: Any) -> frozenset[str]:
+    if not isinstance(section, list):
+        return frozenset()
+    return frozenset(
+        item["key"]
+        for item in section
+        if isinstance(item, dict) and isinstance(item.get("key"), str)
+    )
+
+
+def _expression_sites(data: dict[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """Every (path, source, kind) where the format puts an expression."""
+
+    def items(section: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        value = data.get(section)
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield i, item
+
+    for section in ("coin_rules", "skill_rules", "token_rules"):
+        for i, rule in items(section):
+            yield f"{section}[{i}].when", rule.get("when"), "condition"
+            yield f"{section}[{i}].amount", rule.get("amount"), "amount"
+            mults = rule.get("multiplier")
+            if isinstance(mults, list):
+                for j, m in enumerate(mults):
+                    if isinstance(m, dict):
+                        yield f"{section}[{i}].multiplier[{j}].when", m.get("when"), "condition"
+    for i, badge in items("badges"):
+        yield f"badges[{i}].when", badge.get("when"), "condition"
+    evolution = data.get("evolution")
+    if isinstance(evolution, dict) and isinstance(evolution.get("stages"), list):
+        for i, stage in enumerate(evolution["stages"]):
+            if isinstance(stage, dict):
+                yield f"evolution.stages[{i}].when", stage.get("when"), "condition"
+    for i, path in items("paths"):
+        steps = path.get("steps")
+        if not isinstance(steps, list):
+            continue
+        for j, step in enumerate(steps):
+            if not isinstance(step, dict):
+                continue
+            base = f"paths[{i}].steps[{j}]"
+            yield f"{base}.unlock_condition", step.get("unlock_condition"), "condition"
+            yield f"{base}.completion_condition", step.get("completion_condition"), "condition"
+            subs = step.get("sub_steps")
+            if isinstance(subs, list):
+                for k, sub in enumerate(subs):
+                    if isinstance(sub, dict):
+                        yield (
+                            f"{base}.sub_steps[{k}].completion_condition",
+                            sub.get("completion_condition"),
+                            "condition",
+                        )
+
+
+def _expression_problems(data: Any) -> list[dict[str, Any]]:
+    """Expression problems of a rulebook whose shape is invalid (best-effort symbols)."""
+    if not isinstance(data, dict):
+        return []
+    types: set[str] = set()
+    event_types = data.get("event_types")
+    if isinstance(event_types, dict):
+        for value in event_types.values():
+            if isinstance(value, list):
+                types.update(t for t in value if isinstance(t, str))
+    symbols = Symbols(
+        skills=_keys(data.get("skills")),
+        tokens=_keys(data.get("tokens")),
+        streaks=_keys(data.get("streaks")),
+        badges=_keys(data.get("badges")),
+        event_types=frozenset(types),
+    )
+    problems: list[dict[str, Any]] = []
+    for path, source, kind in _expression_sites(data):
+        if not isinstance(source, str) or not source:
+            continue
+        try:
+            compile_expression(source, symbols, kind=kind)  # type: ignore[arg-type]
+        except ExpressionError as exc:
+            problems.append({"path": path, "message": exc.message, "column": exc.column})
+    return problems
 
 
 def rulebook_json_schema() -> dict[str, Any]:
