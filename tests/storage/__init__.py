@@ -1,0 +1,1 @@
+"""Store tests: the contract suite per adapter, durability, processes and crashes."""
