@@ -1,0 +1,1137 @@
+"""SQLiteStore: the default store, one SQLite file shared by threads and processes.
+
+Design, in short (the reasons are next to the code):
+
+* **Schema**: created on first open and versioned. ``schema_version`` records every migration
+  applied; :data:`MIGRATIONS` is the ordered list of forward migrations, so a later release
+  appends to it and an existing file is upgraded in place (once: a file already at the latest
+  version runs nothing). A file written by a newer release is refused with a
+  :class:`~buddyrules.errors.StoreError`.
+* **Locking**: WAL journal mode (readers never block the writer, nor the writer the readers)
+  and one ``BEGIN IMMEDIATE`` transaction per unit of work. ``BEGIN IMMEDIATE`` takes
+  SQLite's write lock up front, which is what serialises a buddy's writers across threads
+  *and* processes. SQLite's lock covers the whole database, so it is stronger than the
+  per-buddy lock the store contract asks for: writers of *different* buddies also take turns
+  (each holds the lock for well under a millisecond). Use
+  :class:`~buddyrules.storage.postgres.PostgresStore` when many processes write at once.
+* **Busy database**: each connection waits up to ``busy_timeout`` seconds for the lock
+  (SQLite's own busy handler); if SQLite still answers ``SQLITE_BUSY`` / "database is locked"
+  (or answers it at once, as it does in some WAL situations), the operation is retried up to
+  ``max_retries`` times with jittered exponential backoff, and past that a
+  :class:`~buddyrules.errors.StoreError` says the database stayed locked. Only operations that
+  have not changed anything yet are retried (the ``BEGIN IMMEDIATE`` of a unit or a batch, and
+  single-statement calls such as :meth:`SQLiteStore.reserve_quota`).
+* **Threads**: each thread uses its own connection (``threading.local``), so one store object
+  may be shared by any number of threads; a connection is closed when its thread ends (or on
+  ``close()``). A process that forks gets fresh connections (SQLite connections must not
+  cross a ``fork``). ``":memory:"`` is supported for tests and scripts:
+  it is a private database file in a temporary directory, removed by ``close()`` (an SQLite
+  in-memory database is one per connection, and its shared-cache variant has table locks
+  that would make readers wait for writers).
+* **Batches**: inside :meth:`SQLiteStore.group` the thread opens one ``BEGIN IMMEDIATE``
+  transaction and gives each unit of work its own ``SAVEPOINT``: a failing unit rolls back to
+  its savepoint alone, and leaving the group commits every unit that succeeded, also when the
+  group exits with an exception (SPEC §1: events before the failing one stay committed). A
+  batch of 100 events is then one commit, not 100.
+* **Durability**: ``synchronous=NORMAL`` (the default) with WAL never syncs on commit, only at
+  checkpoints. A committed transaction survives a crash of the process (even ``SIGKILL``); a
+  power loss or an operating-system crash may lose the last transactions committed before it,
+  but never corrupts the file or keeps half of a transaction. ``synchronous="FULL"`` syncs the
+  WAL on every commit (durable against power loss) at the cost of one fsync per unit of work,
+  or one per batch inside :meth:`SQLiteStore.group`. ``benchmarks/stores.py`` measures both.
+* **Uniqueness**: a buddy per ``(tenant, user_id, audience)`` and a receipt per
+  ``(tenant, event_id)`` are primary keys; a duplicate receipt becomes
+  :class:`~buddyrules.errors.ConflictError`. Quota is reserved by one UPSERT statement that
+  also checks the limit, so it is atomic without any lock held in Python.
+
+Requires SQLite 3.35 or newer (``RETURNING``); Python 3.11 ships newer builds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar
+
+from pydantic_core import to_json
+
+from buddyrules.errors import ConflictError, StoreError
+from buddyrules.state import BuddyState
+from buddyrules.storage.protocols import (
+    BuddyKey,
+    LedgerRecord,
+    OutboxMessage,
+    Receipt,
+    RulebookRecord,
+)
+
+__all__ = ["CHECKPOINT_INTERVAL", "MIGRATIONS", "Migration", "SQLiteStore"]
+
+_T = TypeVar("_T")
+
+Synchronous = Literal["NORMAL", "FULL"]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward schema migration: the statements that take a database to ``version``.
+
+    Migrations are applied in order, each in the same transaction as the ``schema_version``
+    row that records it, so a migration is applied completely or not at all.
+    """
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        "initial schema: buddies, receipts, quota, rulebooks, ledger, outbox",
+        (
+            # WITHOUT ROWID: these tables are always read by their primary key.
+            """CREATE TABLE buddies (
+                tenant TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                audience TEXT NOT NULL,
+                state TEXT NOT NULL,
+                PRIMARY KEY (tenant, user_id, audience)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE receipts (
+                tenant TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                audience TEXT NOT NULL,
+                effects TEXT NOT NULL,
+                PRIMARY KEY (tenant, event_id)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE quota (
+                tenant TEXT NOT NULL,
+                month TEXT NOT NULL,
+                used INTEGER NOT NULL CHECK (used >= 0),
+                PRIMARY KEY (tenant, month)
+            ) WITHOUT ROWID""",
+            # The rowid orders records by first insertion (list_rulebooks: oldest first);
+            # an UPSERT keeps it.
+            """CREATE TABLE rulebooks (
+                seq INTEGER PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                version TEXT NOT NULL,
+                name TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('draft', 'published', 'archived')),
+                document TEXT NOT NULL,
+                sequence INTEGER NOT NULL DEFAULT 0,
+                published_at TEXT,
+                extra TEXT NOT NULL DEFAULT '{}',
+                UNIQUE (tenant, version)
+            )""",
+            # Ids are references handed to the host app (ledger audits, outbox acknowledgements)
+            # and must never be reused. Rows of these two tables are never deleted (acknowledged
+            # messages are marked, not removed), so the rowid (max + 1) never repeats; this
+            # saves AUTOINCREMENT's extra page write per transaction.
+            """CREATE TABLE ledger (
+                id INTEGER PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                audience TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                amount INTEGER NOT NULL,
+                balance_after INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                reference TEXT,
+                at TEXT NOT NULL
+            )""",
+            "CREATE INDEX ledger_by_buddy ON ledger (tenant, user_id, audience, id)",
+            "CREATE INDEX ledger_by_tenant ON ledger (tenant, id)",
+            """CREATE TABLE outbox (
+                id INTEGER PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                type TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                audience TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                at TEXT NOT NULL,
+                acked_at TEXT
+            )""",
+            "CREATE INDEX outbox_pending ON outbox (tenant, id) WHERE acked_at IS NULL",
+        ),
+    ),
+)
+
+_MIN_SQLITE: Final = (3, 35, 0)
+_BUSY_CODES: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
+_BUSY_WORDS: Final = ("database is locked", "database is busy", "database table is locked")
+_BACKOFF_BASE: Final = 0.01
+_BACKOFF_CAP: Final = 0.5
+_PAGE: Final = 500
+_STATE_CACHE_SIZE: Final = 4096
+# Checkpoints (copying the WAL back into the database file, with two fsyncs) run on a
+# background thread every CHECKPOINT_INTERVAL seconds. Left to SQLite, the commit that crosses
+# the auto-checkpoint threshold does it and waits for the fsyncs: measured, the median commit
+# took 30 us and the mean 124 us, three quarters of it in those 1% of commits. Writers keep
+# an auto-checkpoint threshold as a safety net (16000 pages, 64 MiB) in case the background
+# thread falls behind or is disabled; then it is 4000 pages, where hot pages (a buddy's row,
+# the ledger's tail) are copied once per checkpoint instead of four times (SQLite's default is
+# 1000). After a checkpoint the WAL file is truncated back to 64 MiB if a burst made it larger.
+CHECKPOINT_INTERVAL: Final = 0.1
+_WAL_AUTOCHECKPOINT: Final = 4000
+_WAL_AUTOCHECKPOINT_WITH_THREAD: Final = 16000
+_JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+_log = logging.getLogger(__name__)
+
+_SQL_SCHEMA_TABLE: Final = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)"""
+_SQL_GET_BUDDY: Final = (
+    "SELECT state FROM buddies WHERE tenant = ? AND user_id = ? AND audience = ?"
+)
+_SQL_PUT_BUDDY: Final = (
+    "INSERT INTO buddies (tenant, user_id, audience, state) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (tenant, user_id, audience) DO UPDATE SET state = excluded.state"
+)
+_SQL_GET_RECEIPT: Final = (
+    "SELECT event_id, fingerprint, user_id, audience, effects FROM receipts "
+    "WHERE tenant = ? AND event_id = ?"
+)
+_SQL_PUT_RECEIPT: Final = (
+    "INSERT INTO receipts (tenant, event_id, fingerprint, user_id, audience, effects) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_SQL_PUT_LEDGER: Final = (
+    "INSERT INTO ledger (tenant, user_id, audience, currency, amount, balance_after, reason, "
+    "reference, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_PUT_OUTBOX: Final = (
+    "INSERT INTO outbox (tenant, type, user_id, audience, payload, at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+# The limit check is part of the UPSERT: a first reservation above the limit inserts nothing
+# (the SELECT yields no row) and a later one updates nothing (the DO UPDATE ... WHERE fails),
+# so either way no row comes back and nothing is reserved.
+_SQL_RESERVE_QUOTA: Final = (
+    "INSERT INTO quota (tenant, month, used) "
+    "SELECT :tenant, :month, :count WHERE :limit IS NULL OR :count <= :limit "
+    "ON CONFLICT (tenant, month) DO UPDATE SET used = used + excluded.used "
+    "WHERE :limit IS NULL OR used + excluded.used <= :limit "
+    "RETURNING used"
+)
+_SQL_RELEASE_QUOTA: Final = (
+    "UPDATE quota SET used = max(used - ?, 0) WHERE tenant = ? AND month = ?"
+)
+_SQL_LEDGER_COLUMNS: Final = (
+    "SELECT id, user_id, audience, currency, amount, balance_after, reason, reference, at "
+    "FROM ledger "
+)
+_SQL_RULEBOOK_COLUMNS: Final = (
+    "SELECT version, name, status, document, sequence, published_at, extra FROM rulebooks "
+)
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON text (pydantic-core's encoder: about 4x faster than ``json.dumps``)."""
+    return to_json(value).decode()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in _BUSY_CODES
+    text = str(exc).lower()
+    return any(word in text for word in _BUSY_WORDS)
+
+
+def _backoff(attempt: int) -> float:
+    # Full jitter: processes that collided once should not collide again in lockstep.
+    return random.uniform(0.0, min(_BACKOFF_CAP, _BACKOFF_BASE * (2**attempt)))
+
+
+def _ledger_record(row: tuple[Any, ...]) -> LedgerRecord:
+    return LedgerRecord(
+        id=row[0],
+        user_id=row[1],
+        audience=row[2],
+        currency=row[3],
+        amount=row[4],
+        balance_after=row[5],
+        reason=row[6],
+        reference=row[7],
+        at=datetime.fromisoformat(row[8]),
+    )
+
+
+def _rulebook_record(row: tuple[Any, ...]) -> RulebookRecord:
+    return RulebookRecord(
+        version=row[0],
+        name=row[1],
+        status=row[2],
+        document=json.loads(row[3]),
+        sequence=row[4],
+        published_at=None if row[5] is None else datetime.fromisoformat(row[5]),
+        extra=json.loads(row[6]),
+    )
+
+
+class _StateCache:
+    """Parsed states by key, with the JSON text they were parsed from (or written as).
+
+    A read reuses the parsed state only when the stored text is identical, so the cache can
+    never be stale, whoever (thread or process) wrote the row; BuddyState is immutable, so
+    sharing one instance is safe. It saves a JSON parse (tens of microseconds) per read.
+    Bounded: cleared when full. Safe to share between threads (single dict operations).
+    """
+
+    __slots__ = ("_states",)
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str, str], tuple[str, BuddyState]] = {}
+
+    def parsed(self, ident: tuple[str, str, str], text: str) -> BuddyState:
+        """The state stored as ``text`` for ``ident`` (parsed once, then reused)."""
+        cached = self._states.get(ident)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        state = BuddyState.model_validate_json(text)
+        self.remember(ident, text, state)
+        return state
+
+    def remember(self, ident: tuple[str, str, str], text: str, state: BuddyState) -> None:
+        """Cache ``state`` as the parse of ``text``."""
+        states = self._states
+        if len(states) >= _STATE_CACHE_SIZE:
+            states.clear()
+        states[ident] = (text, state)
+
+
+class _Connection:
+    """A connection, the transaction bookkeeping of the thread that uses it, and its cache."""
+
+    __slots__ = ("db", "group_depth", "group_lost", "pid", "states")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.pid = os.getpid()
+        self.group_depth = 0
+        # Set when SQLite rolled back a batch transaction on its own (disk full, I/O error):
+        # the units committed "so far" in the group are gone and leaving the group says so.
+        self.group_lost = False
+        self.states = _StateCache()
+
+
+class _Checkpointer:
+    """A daemon thread running ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval`` seconds.
+
+    PASSIVE checkpoints never wait for, nor block, readers and writers; when another process's
+    checkpointer is at work, this one just tries again next time. The thread holds no
+    reference to the store, only the file's path.
+    """
+
+    __slots__ = ("_stop", "_thread", "pid")
+
+    def __init__(self, path: str, synchronous: str, interval: float) -> None:
+        self.pid = os.getpid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_checkpoint_loop,
+            args=(path, synchronous, interval, self._stop),
+            name="buddyrules-sqlite-checkpoint",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop the thread (after its current checkpoint, if one is running)."""
+        self._stop.set()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+
+def _checkpoint_loop(path: str, synchronous: str, interval: float, stop: threading.Event) -> None:
+    try:
+        db = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        # The checkpoint syncs the WAL and the database file as the store's mode says.
+        db.execute(f"PRAGMA synchronous = {synchronous}")
+    except sqlite3.Error as exc:
+        _log.warning("no background checkpoints for %s (writers will checkpoint): %s", path, exc)
+        return
+    try:
+        while not stop.wait(interval):
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                # Busy (another process is checkpointing) or a passing I/O error: the next
+                # round tries again, and writers still checkpoint past their threshold.
+                _log.debug("background checkpoint of %s skipped: %s", path, exc)
+    finally:
+        db.close()
+
+
+class _Slot:
+    """This thread's connection, held only by the thread's local storage."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+
+def _retire(connections: list[_Connection], lock: threading.Lock, conn: _Connection) -> None:
+    """Close the connection of a thread that ended (unless the store closed it already)."""
+    with lock:
+        if conn not in connections:
+            return
+        connections.remove(conn)
+    if conn.pid == os.getpid():
+        conn.db.close()
+
+
+class SQLiteStore:
+    """A :class:`~buddyrules.storage.protocols.Store` in one SQLite file (stdlib ``sqlite3``).
+
+    ``SQLiteStore("buddies.db")`` creates the file and its schema if needed, or opens and (if
+    it was written by an older release) upgrades an existing one. Several threads may share one
+    store and several processes may open the same file: writes are serialised by SQLite's
+    database lock, reads never wait for writes (WAL mode).
+
+    Args:
+        path: the database file, or ``":memory:"`` for a private in-memory database.
+        busy_timeout: seconds a connection waits for SQLite's write lock before SQLite reports
+            the database busy.
+        max_retries: how many more times a busy operation is tried (with jittered exponential
+            backoff) before :class:`~buddyrules.errors.StoreError` is raised.
+        synchronous: ``"NORMAL"`` (default; durable against a process crash, not against a
+            power loss) or ``"FULL"`` (an fsync per commit; durable against a power loss).
+        checkpoint_interval: seconds between background WAL checkpoints (a daemon thread per
+            store and process); ``None`` leaves checkpoints to the committing writers.
+    """
+
+    #: The forward migrations this class applies on open (a subclass may extend them).
+    migrations: tuple[Migration, ...] = MIGRATIONS
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        max_retries: int = 5,
+        synchronous: Synchronous = "NORMAL",
+        checkpoint_interval: float | None = CHECKPOINT_INTERVAL,
+    ) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StoreError(
+                f"SQLiteStore needs SQLite >= 3.35 (for RETURNING); this Python has "
+                f"{sqlite3.sqlite_version}",
+                {"sqlite_version": sqlite3.sqlite_version},
+            )
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
+        if busy_timeout < 0 or max_retries < 0:
+            raise ValueError("busy_timeout and max_retries must not be negative")
+        if checkpoint_interval is not None and checkpoint_interval <= 0:
+            raise ValueError("checkpoint_interval must be positive (or None)")
+        self._tempdir: str | None = None
+        if str(path) == ":memory:":
+            self._tempdir = tempfile.mkdtemp(prefix="buddyrules-")
+            path = Path(self._tempdir) / "buddies.db"
+        self._path = str(Path(path))
+        self._busy_timeout = float(busy_timeout)
+        self._max_retries = int(max_retries)
+        self._synchronous: Synchronous = synchronous
+        self._closed = False
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._registry_lock = threading.Lock()
+        self._connections: list[_Connection] = []
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpointer: _Checkpointer | None = None
+        conn = self._connection()
+        try:
+            self._migrate(conn)
+        except BaseException:
+            self.close()
+            raise
+        self._start_checkpointer()
+
+    def _start_checkpointer(self) -> None:
+        """Start this process's background checkpoint thread (if enabled and not running)."""
+        interval = self._checkpoint_interval
+        current = self._checkpointer
+        if interval is None or (current is not None and current.pid == os.getpid()):
+            return
+        checkpointer = _Checkpointer(self._path, self._synchronous, interval)
+        self._checkpointer = checkpointer
+        # A store dropped without close() must not leave its thread behind.
+        weakref.finalize(self, checkpointer.stop, False)
+
+    # -- connections ---------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The database file (a temporary one for ``":memory:"``)."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r}, synchronous={self._synchronous!r})"
+
+    def _open(self) -> _Connection:
+        try:
+            db = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # autocommit: transactions are explicit BEGIN/COMMIT
+                check_same_thread=False,  # close() may run on another thread
+                cached_statements=64,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
+        try:
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.execute("PRAGMA foreign_keys = OFF")
+            db.execute("PRAGMA temp_store = MEMORY")
+            threshold = (
+                _WAL_AUTOCHECKPOINT
+                if self._checkpoint_interval is None
+                else _WAL_AUTOCHECKPOINT_WITH_THREAD
+            )
+            db.execute(f"PRAGMA wal_autocheckpoint = {threshold}")
+            db.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+        except sqlite3.Error as exc:
+            db.close()
+            raise StoreError(f"cannot configure SQLite database {self._path!r}: {exc}") from exc
+        conn = _Connection(db)
+        with self._registry_lock:
+            if self._closed:
+                db.close()
+                raise StoreError(f"{self!r} is closed")
+            self._connections.append(conn)
+        return conn
+
+    def _connection(self) -> _Connection:
+        """This thread's connection (opened on first use; reopened after a fork)."""
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is not None and slot.conn.pid == os.getpid():
+            return slot.conn
+        # First use on this thread, or after a fork (the inherited connection belongs to the
+        # parent: leave it alone; a forked child also needs its own checkpoint thread).
+        if self._checkpointer is not None and self._checkpointer.pid != os.getpid():
+            self._start_checkpointer()
+        conn = self._open()
+        slot = _Slot(conn)
+        # The slot lives only in this thread's local storage, so it is freed when the thread
+        # ends: then its connection is closed and forgotten.
+        weakref.finalize(slot, _retire, self._connections, self._registry_lock, conn)
+        self._local.slot = slot
+        return conn
+
+    def close(self) -> None:
+        """Close every connection of every thread; the store cannot be used afterwards."""
+        with self._registry_lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.pid == os.getpid():
+            checkpointer.stop()
+        for conn in connections:
+            if conn.pid == os.getpid():
+                conn.db.close()
+        if self._tempdir is not None and os.getpid() == self._pid:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- retries and errors --------------------------------------------------------------
+
+    def _error(self, exc: sqlite3.Error, doing: str) -> StoreError:
+        return StoreError(
+            f"SQLite error while {doing} ({self._path}): {exc}",
+            {"path": self._path, "sqlite_error": str(exc)},
+        )
+
+    def _retrying(self, operation: Callable[[], _T], doing: str) -> _T:
+        """Run an operation that has not changed anything yet, retrying while SQLite is busy."""
+        attempt = 0
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise self._error(exc, doing) from exc
+                if attempt >= self._max_retries:
+                    raise StoreError(
+                        f"SQLite database {self._path} stayed locked while {doing}: gave up "
+                        f"after {attempt + 1} attempts (busy_timeout={self._busy_timeout}s "
+                        f"each); another process or thread holds a long write transaction",
+                        {
+                            "path": self._path,
+                            "attempts": attempt + 1,
+                            "busy_timeout": self._busy_timeout,
+                            "sqlite_error": str(exc),
+                        },
+                    ) from exc
+                time.sleep(_backoff(attempt))
+                attempt += 1
+            except sqlite3.Error as exc:
+                raise self._error(exc, doing) from exc
+
+    def _begin(self, conn: _Connection, doing: str) -> None:
+        self._retrying(lambda: conn.db.execute("BEGIN IMMEDIATE"), doing)
+
+    def _write(self, sql: str, params: Sequence[Any] | dict[str, Any], doing: str) -> Any:
+        """One statement on this thread's connection; its own transaction unless in a group."""
+        conn = self._connection()
+        return self._retrying(lambda: conn.db.execute(sql, params).fetchall(), doing)
+
+    def _read(self, sql: str, params: Sequence[Any], doing: str) -> list[Any]:
+        return self._write(sql, params, doing)  # type: ignore[no-any-return]
+
+    # -- schema ------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The schema version of the database file (0 before the first migration)."""
+        rows = self._read("SELECT coalesce(max(version), 0) FROM schema_version", (), "reading")
+        return int(rows[0][0])
+
+    def _current_version(self, db: sqlite3.Connection) -> int | None:
+        """The applied schema version, or None when the version table does not exist yet."""
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if exists is None:
+            return None
+        return int(db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+
+    def _check_version(self, current: int) -> bool:
+        """True when nothing is left to apply; raises for a file from a newer release."""
+        latest = self.migrations[-1].version if self.migrations else 0
+        if current > latest:
+            raise StoreError(
+                f"SQLite database {self._path} has schema version {current}, newer than this "
+                f"release of buddyrules knows ({latest}); upgrade buddyrules to open it",
+                {"path": self._path, "schema_version": current, "supported": latest},
+            )
+        return current == latest
+
+    def _migrate(self, conn: _Connection) -> None:
+        db = conn.db
+        # WAL is a property of the file: set once, it stays for every later connection.
+        mode = self._retrying(
+            lambda: db.execute("PRAGMA journal_mode = WAL").fetchone()[0], "enabling WAL"
+        )
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"SQLite database {self._path} cannot use WAL mode (journal_mode={mode}); "
+                "is it on a network file system?",
+                {"path": self._path, "journal_mode": mode},
+            )
+        # The common case, a file already up to date, needs no write lock at all.
+        current = self._retrying(lambda: self._current_version(db), "reading the schema")
+        if current is not None and self._check_version(current):
+            return
+        self._begin(conn, "migrating the schema")
+        try:
+            db.execute(_SQL_SCHEMA_TABLE)
+            # Read again under the write lock: another process may have migrated meanwhile.
+            current = self._current_version(db) or 0
+            if not self._check_version(current):
+                for migration in self.migrations:
+                    if migration.version <= current:
+                        continue
+                    for statement in migration.statements:
+                        db.execute(statement)
+                    db.execute(
+                        "INSERT INTO schema_version (version, description, applied_at) "
+                        "VALUES (?, ?, ?)",
+                        (
+                            migration.version,
+                            migration.description,
+                            datetime.now(UTC).isoformat(),
+                        ),
+                    )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise self._error(exc, "migrating the schema") from exc
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- units of work and batches -----------------------------------------------------
+
+    def unit_of_work(self, tenant: str, key: BuddyKey) -> AbstractContextManager[_SQLiteUnit]:
+        """Lock the database for writing (so also ``key``) and open a transaction.
+
+        Commits on a clean exit and rolls back on an exception. Inside :meth:`group` the unit
+        is a savepoint of the group's transaction instead.
+        """
+        return _SQLiteUnit(self, tenant, key)
+
+    def group(self, tenant: str) -> AbstractContextManager[None]:
+        """Run the units of a batch in one transaction, one savepoint per unit.
+
+        A failing unit rolls back to its savepoint alone; leaving the group commits every unit
+        that completed, also when the group exits with an exception. Groups nest (the
+        outermost one commits). The group holds SQLite's write lock from start to end, so other
+        writers wait for the whole batch, which stays short (at most 100 events).
+        """
+        return _SQLiteGroup(self)
+
+    # -- plain reads and writes ------------------------------------------------------------
+
+    def get_buddy(self, tenant: str, key: BuddyKey) -> BuddyState | None:
+        """Read a buddy without locking it."""
+        ident = (tenant, key.user_id, key.audience)
+        conn = self._connection()
+        rows = self._retrying(
+            lambda: conn.db.execute(_SQL_GET_BUDDY, ident).fetchall(), "reading a buddy"
+        )
+        return conn.states.parsed(ident, rows[0][0]) if rows else None
+
+    def list_buddies(self, tenant: str, user_id: str | None = None) -> Iterator[BuddyState]:
+        """Every buddy of the tenant (or of one user), ordered by user_id then audience.
+
+        Read in pages of 500 by key, so no statement stays open between items (the caller may
+        open units of work while iterating); a buddy hatched meanwhile may or may not appear.
+        Use :meth:`export_states` for one consistent snapshot.
+        """
+        where = "tenant = ?" if user_id is None else "tenant = ? AND user_id = ?"
+        base: tuple[str, ...] = (tenant,) if user_id is None else (tenant, user_id)
+        first = f"SELECT user_id, audience, state FROM buddies WHERE {where} "
+        order = f"ORDER BY user_id, audience LIMIT {_PAGE}"
+        rows = self._read(first + order, base, "listing buddies")
+        while rows:
+            for row in rows:
+                yield BuddyState.model_validate_json(row[2])
+            if len(rows) < _PAGE:
+                return
+            last = rows[-1]
+            rows = self._read(
+                first + "AND (user_id, audience) > (?, ?) " + order,
+                (*base, last[0], last[1]),
+                "listing buddies",
+            )
+
+    def export_states(self, tenant: str) -> list[BuddyState]:
+        """A snapshot of every buddy of the tenant, ordered by user_id then audience."""
+        rows = self._read(
+            "SELECT state FROM buddies WHERE tenant = ? ORDER BY user_id, audience",
+            (tenant,),
+            "exporting buddies",
+        )
+        return [BuddyState.model_validate_json(row[0]) for row in rows]
+
+    def get_receipt(self, tenant: str, event_id: str) -> Receipt | None:
+        """Read a receipt without locking."""
+        rows = self._read(_SQL_GET_RECEIPT, (tenant, event_id), "reading a receipt")
+        return _receipt(rows[0]) if rows else None
+
+    def reserve_quota(self, tenant: str, month: str, count: int, limit: int | None) -> int | None:
+        """Atomically add ``count`` to the month's usage if it stays within ``limit``.
+
+        One UPSERT statement checks the limit and adds (see ``_SQL_RESERVE_QUOTA``).
+        """
+        if count < 0:
+            raise ValueError("count must not be negative")
+        params = {"tenant": tenant, "month": month, "count": count, "limit": limit}
+        rows = self._write(_SQL_RESERVE_QUOTA, params, "reserving quota")
+        return int(rows[0][0]) if rows else None
+
+    def release_quota(self, tenant: str, month: str, count: int) -> None:
+        """Give back reserved quota (never below zero)."""
+        self._write(_SQL_RELEASE_QUOTA, (count, tenant, month), "releasing quota")
+
+    def quota_used(self, tenant: str, month: str) -> int:
+        """The month's usage."""
+        rows = self._read(
+            "SELECT used FROM quota WHERE tenant = ? AND month = ?",
+            (tenant, month),
+            "reading quota",
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def put_rulebook(self, tenant: str, record: RulebookRecord) -> None:
+        """Insert or replace a rulebook record (by version; a replaced record keeps its place)."""
+        self._write(
+            "INSERT INTO rulebooks (tenant, version, name, status, document, sequence, "
+            "published_at, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (tenant, version) DO UPDATE SET name = excluded.name, "
+            "status = excluded.status, document = excluded.document, "
+            "sequence = excluded.sequence, published_at = excluded.published_at, "
+            "extra = excluded.extra",
+            (
+                tenant,
+                record.version,
+                record.name,
+                record.status,
+                _dumps(record.document),
+                record.sequence,
+                _iso(record.published_at),
+                _dumps(record.extra),
+            ),
+            "storing a rulebook",
+        )
+
+    def get_rulebook(self, tenant: str, version: str) -> RulebookRecord | None:
+        """One rulebook record."""
+        rows = self._read(
+            _SQL_RULEBOOK_COLUMNS + "WHERE tenant = ? AND version = ?",
+            (tenant, version),
+            "reading a rulebook",
+        )
+        return _rulebook_record(rows[0]) if rows else None
+
+    def list_rulebooks(self, tenant: str) -> list[RulebookRecord]:
+        """Every rulebook record of the tenant, oldest first."""
+        rows = self._read(
+            _SQL_RULEBOOK_COLUMNS + "WHERE tenant = ? ORDER BY seq", (tenant,), "listing rulebooks"
+        )
+        return [_rulebook_record(row) for row in rows]
+
+    def ledger(self, tenant: str, key: BuddyKey | None = None) -> list[LedgerRecord]:
+        """Ledger entries (of one buddy, or all), in the order they were written."""
+        if key is None:
+            rows = self._read(
+                _SQL_LEDGER_COLUMNS + "WHERE tenant = ? ORDER BY id", (tenant,), "reading ledger"
+            )
+        else:
+            rows = self._read(
+                _SQL_LEDGER_COLUMNS + "WHERE tenant = ? AND user_id = ? AND audience = ? "
+                "ORDER BY id",
+                (tenant, key.user_id, key.audience),
+                "reading ledger",
+            )
+        return [_ledger_record(row) for row in rows]
+
+    def outbox_pending(self, tenant: str, limit: int = 100) -> list[OutboxMessage]:
+        """Committed, unacknowledged messages, oldest first."""
+        rows = self._read(
+            "SELECT id, type, user_id, audience, payload, at FROM outbox "
+            "WHERE tenant = ? AND acked_at IS NULL ORDER BY id LIMIT ?",
+            (tenant, limit),
+            "reading the outbox",
+        )
+        return [
+            OutboxMessage(
+                id=row[0],
+                type=row[1],
+                user_id=row[2],
+                audience=row[3],
+                payload=json.loads(row[4]),
+                at=datetime.fromisoformat(row[5]),
+            )
+            for row in rows
+        ]
+
+    def outbox_ack(self, tenant: str, ids: Sequence[int]) -> int:
+        """Acknowledge messages; returns how many were pending.
+
+        Acknowledged messages are kept (marked with ``acked_at``) so that ids are never reused.
+        """
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
+            return 0
+        acked = 0
+        now = datetime.now(UTC).isoformat()
+        # Chunks stay below SQLite's bound-parameter limit.
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._write(
+                f"UPDATE outbox SET acked_at = ? WHERE tenant = ? AND acked_at IS NULL "
+                f"AND id IN ({marks}) RETURNING id",
+                (now, tenant, *chunk),
+                "acknowledging outbox messages",
+            )
+            acked += len(rows)
+        return acked
+
+
+def _receipt(row: tuple[Any, ...]) -> Receipt:
+    return Receipt(
+        event_id=row[0],
+        fingerprint=row[1],
+        user_id=row[2],
+        audience=row[3],
+        effects=json.loads(row[4]),
+    )
+
+
+class _SQLiteUnit:
+    """One unit of work: a ``BEGIN IMMEDIATE`` transaction, or a savepoint inside a group."""
+
+    __slots__ = ("_conn", "_db", "_ident", "_nested", "_open", "_store", "_tenant", "key")
+
+    _conn: _Connection
+    _db: sqlite3.Connection
+
+    def __init__(self, store: SQLiteStore, tenant: str, key: BuddyKey) -> None:
+        self._store = store
+        self._tenant = tenant
+        self.key = key
+        self._ident = (tenant, key.user_id, key.audience)
+        self._nested = False
+        self._open = False
+
+    # -- the transaction -----------------------------------------------------------------
+
+    def __enter__(self) -> _SQLiteUnit:
+        if self._open:
+            raise StoreError("this unit of work is already open")
+        store = self._store
+        conn = store._connection()
+        self._conn = conn
+        self._db = db = conn.db
+        if db.in_transaction:
+            # Inside a group (or another unit of this thread): a savepoint, so this unit can
+            # roll back alone. The name may repeat: SQLite savepoints nest.
+            self._nested = True
+            try:
+                db.execute("SAVEPOINT buddyrules_unit")
+            except sqlite3.Error as exc:
+                raise store._error(exc, "starting a unit of work") from exc
+        else:
+            if conn.group_depth:
+                conn.group_lost = True
+            self._nested = False
+            store._begin(conn, "starting a unit of work")
+        self._open = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if exc_type is None:
+            self._finish()
+        else:
+            self._abort()
+
+    def _finish(self) -> None:
+        db = self._db
+        try:
+            if self._nested:
+                db.execute("RELEASE buddyrules_unit")
+            else:
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abort()
+            raise self._store._error(exc, "committing a unit of work") from exc
+
+    def _abort(self) -> None:
+        db = self._db
+        if not db.in_transaction:
+            # SQLite already rolled everything back (e.g. disk full): a group lost its units.
+            if self._nested:
+                self._conn.group_lost = True
+            return
+        try:
+            if self._nested:
+                db.execute("ROLLBACK TO buddyrules_unit")
+                db.execute("RELEASE buddyrules_unit")
+            else:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:
+            # The rollback failed: the transaction is unusable. Roll back all of it so the
+            # connection is clean; the error that brought us here is the one to report.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if self._nested:
+                self._conn.group_lost = True
+
+    def _check_open(self) -> sqlite3.Connection:
+        if not self._open:
+            raise StoreError("this unit of work is closed (use it inside its `with` block)")
+        return self._db
+
+    # -- UnitOfWork ------------------------------------------------------------------------
+
+    def get_buddy(self) -> BuddyState | None:
+        """The buddy's state (as written so far in this unit), or None if it has not hatched."""
+        db = self._check_open()
+        try:
+            found = db.execute(_SQL_GET_BUDDY, self._ident).fetchone()
+        except sqlite3.Error as exc:
+            raise self._store._error(exc, "reading a buddy") from exc
+        return self._conn.states.parsed(self._ident, found[0]) if found is not None else None
+
+    def put_buddy(self, state: BuddyState) -> None:
+        """Insert or replace the buddy's state."""
+        db = self._check_open()
+        key = self.key
+        if state.user_id != key.user_id or state.audience != key.audience:
+            raise ConflictError(
+                f"state of ({state.user_id!r}, {state.audience!r}) written in the unit of "
+                f"({key.user_id!r}, {key.audience!r})",
+                {"user_id": state.user_id, "audience": state.audience},
+            )
+        text = state.model_dump_json()
+        try:
+            db.execute(_SQL_PUT_BUDDY, (*self._ident, text))
+        except sqlite3.Error as exc:
+            raise self._store._error(exc, "storing a buddy") from exc
+        self._conn.states.remember(self._ident, text, state)
+
+    def get_receipt(self, event_id: str) -> Receipt | None:
+        """The receipt for an event id of this tenant (any buddy), or None."""
+        db = self._check_open()
+        try:
+            found = db.execute(_SQL_GET_RECEIPT, (self._tenant, event_id)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._store._error(exc, "reading a receipt") from exc
+        return _receipt(found) if found is not None else None
+
+    def put_receipt(self, receipt: Receipt) -> None:
+        """Record a receipt; a duplicate event id raises ConflictError at once."""
+        db = self._check_open()
+        try:
+            db.execute(
+                _SQL_PUT_RECEIPT,
+                (
+                    self._tenant,
+                    receipt.event_id,
+                    receipt.fingerprint,
+                    receipt.user_id,
+                    receipt.audience,
+                    _dumps(receipt.effects),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(
+                f"a receipt for event id {receipt.event_id!r} already exists",
+                {"event_id": receipt.event_id},
+            ) from exc
+        except sqlite3.Error as exc:
+            raise self._store._error(exc, "storing a receipt") from exc
+
+    def append_ledger(self, entries: Sequence[LedgerRecord]) -> None:
+        """Append ledger entries (ids follow the order of ``entries``)."""
+        db = self._check_open()
+        if not entries:
+            return
+        tenant = self._tenant
+        rows = [
+            (
+                tenant,
+                e.user_id,
+                e.audience,
+                e.currency,
+                e.amount,
+                e.balance_after,
+                e.reason,
+                e.reference,
+                e.at.isoformat(),
+            )
+            for e in entries
+        ]
+        try:
+            if len(rows) == 1:
+                db.execute(_SQL_PUT_LEDGER, rows[0])
+            else:
+                db.executemany(_SQL_PUT_LEDGER, rows)
+        except sqlite3.Error as exc:
+            raise self._store._error(exc, "appending to the ledger") from exc
+
+    def append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        """Append outbox messages (visible to ``outbox_pending`` once the unit commits)."""
+        db = self._check_open()
+        if not messages:
+            return
+        tenant = self._tenant
+        rows = [
+            (tenant, m.type, m.user_id, m.audience, _dumps(m.payload), m.at.isoformat())
+            for m in messages
+        ]
+        try:
+            if len(rows) == 1:
+                db.execute(_SQL_PUT_OUTBOX, rows[0])
+            else:
+                db.executemany(_SQL_PUT_OUTBOX, rows)
+        except sqlite3.Error as exc:
+            raise self._store._error(exc, "appending to the outbox") from exc
+
+
+class _SQLiteGroup:
+    """A batch: one ``BEGIN IMMEDIATE`` transaction around the units of this thread."""
+
+    __slots__ = ("_conn", "_owner", "_store")
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._owner = False
+
+    def __enter__(self) -> None:
+        store = self._store
+        conn = store._connection()
+        self._conn = conn
+        self._owner = conn.group_depth == 0 and not conn.db.in_transaction
+        if self._owner:
+            store._begin(conn, "starting a batch")
+            conn.group_lost = False
+        conn.group_depth += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        store = self._store
+        conn = self._conn
+        db = conn.db
+        conn.group_depth -= 1
+        if not self._owner:
+            return
+        # Commit what succeeded even when the group ends with an exception: each failed unit
+        # has already rolled back to its own savepoint.
+        lost = conn.group_lost
+        conn.group_lost = False
+        if db.in_transaction:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if exc_type is None:
+                    raise store._error(err, "committing a batch") from err
+                return
+        if lost and exc_type is None:
+            raise StoreError(
+                f"SQLite rolled back a batch transaction on its own ({store.path}); the units "
+                "applied before the failure in this batch were not kept",
+                {"path": store.path},
+            )

@@ -1,0 +1,379 @@
+"""PostgresStore passes the store contract suite, plus what is specific to PostgreSQL.
+
+Needs ``BUDDYRULES_TEST_POSTGRES_DSN`` (see conftest.py: skipped without it, failed under CI).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from buddyrules.errors import StoreError
+from buddyrules.state import BuddyState
+from buddyrules.storage import BuddyKey, RulebookRecord, Store, UnitOfWork
+from buddyrules.testing.store_contract import StoreContract
+
+T = "tenant-a"
+AUDIENCE = "student"
+AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def _state(user_id: str, **changes: Any) -> BuddyState:
+    return BuddyState(user_id=user_id, audience=AUDIENCE, rulebook_version="v1", **changes)
+
+
+def _store(dsn: str, schema: str, **options: Any) -> Any:
+    from buddyrules.storage.postgres import PostgresStore
+
+    return PostgresStore(dsn, schema=schema, **options)
+
+
+class TestPostgresStore(StoreContract):
+    """The whole contract against one migrated schema (each test uses fresh tenants)."""
+
+    @pytest.fixture
+    def store(self, postgres_dsn: str, postgres_schema: str) -> Iterator[Store]:
+        store = _store(postgres_dsn, postgres_schema, max_size=self.threads + 4)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def pg_store(postgres_dsn: str, postgres_schema: str) -> Iterator[Any]:
+    store = _store(postgres_dsn, postgres_schema)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _v2_store_class() -> Any:
+    from buddyrules.storage.postgres import MIGRATIONS, PostgresStore
+    from buddyrules.storage.sqlite import Migration
+
+    class V2Store(PostgresStore):
+        migrations = (
+            *MIGRATIONS,
+            Migration(2, "test: buddies get a note", ("ALTER TABLE {s}.buddies ADD note text",)),
+        )
+
+    return V2Store
+
+
+# -- without a server --------------------------------------------------------------------------
+
+
+def test_a_missing_driver_is_a_clear_store_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from buddyrules.storage.postgres import PostgresStore
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(StoreError, match=r"buddyrules\[postgres\]"):
+        PostgresStore("postgresql://nowhere/x")
+
+
+def test_importing_the_module_does_not_import_the_driver() -> None:
+    code = (
+        "import sys, buddyrules.storage.postgres; "
+        "assert 'psycopg' not in sys.modules and 'psycopg_pool' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_schema_name_must_be_an_identifier() -> None:
+    pytest.importorskip("psycopg")
+    from buddyrules.storage.postgres import PostgresStore
+
+    with pytest.raises(ValueError):
+        PostgresStore("postgresql://nowhere/x", schema='x"; DROP TABLE y; --')
+
+
+def test_an_unreachable_server_is_a_store_error() -> None:
+    pytest.importorskip("psycopg")
+    from buddyrules.storage.postgres import PostgresStore
+
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/x?connect_timeout=1", timeout=1.0)
+    try:
+        with pytest.raises(StoreError):
+            store.get_buddy(T, BuddyKey("u", AUDIENCE))
+    finally:
+        store.close()
+
+
+# -- protocol ---------------------------------------------------------------------------------
+
+
+def test_postgres_store_satisfies_the_protocols(pg_store: Any) -> None:
+    assert isinstance(pg_store, Store)
+    with pg_store.unit_of_work(T, BuddyKey("u", AUDIENCE)) as uow:
+        assert isinstance(uow, UnitOfWork)
+
+
+def test_a_unit_cannot_be_used_after_its_block(pg_store: Any) -> None:
+    with pg_store.unit_of_work("t-closed", BuddyKey("u", AUDIENCE)) as uow:
+        pass
+    with pytest.raises(StoreError):
+        uow.put_buddy(_state("u"))
+
+
+# -- schema and migrations -------------------------------------------------------------------
+
+
+def test_a_store_without_its_schema_asks_for_migrate(
+    postgres_dsn: str, fresh_postgres_schema: str
+) -> None:
+    store = _store(postgres_dsn, fresh_postgres_schema)
+    try:
+        assert store.schema_version() == 0
+        with pytest.raises(StoreError, match=r"migrate\(\)"):
+            store.get_buddy(T, BuddyKey("u", AUDIENCE))
+        with pytest.raises(StoreError, match=r"migrate\(\)"):
+            store.unit_of_work(T, BuddyKey("u", AUDIENCE)).__enter__()
+        with pytest.raises(StoreError, match=r"migrate\(\)"):
+            store.reserve_quota(T, "2024-05", 1, None)
+        assert store.migrate() == [1]
+        assert store.migrate() == []
+        assert store.schema_version() == 1
+        with store.unit_of_work(T, BuddyKey("u", AUDIENCE)) as uow:
+            uow.put_buddy(_state("u", coins=2))
+    finally:
+        store.close()
+    again = _store(postgres_dsn, fresh_postgres_schema)
+    try:
+        assert again.migrate() == []
+        buddy = again.get_buddy(T, BuddyKey("u", AUDIENCE))
+        assert buddy is not None and buddy.coins == 2
+    finally:
+        again.close()
+
+
+def test_an_out_of_date_schema_is_refused_until_migrated(
+    postgres_dsn: str, fresh_postgres_schema: str
+) -> None:
+    old = _store(postgres_dsn, fresh_postgres_schema)
+    try:
+        old.migrate()
+        with old.unit_of_work(T, BuddyKey("u", AUDIENCE)) as uow:
+            uow.put_buddy(_state("u", coins=5))
+    finally:
+        old.close()
+    new = _v2_store_class()(postgres_dsn, schema=fresh_postgres_schema)
+    try:
+        with pytest.raises(StoreError, match=r"version 1, latest is 2.*migrate\(\)"):
+            new.get_buddy(T, BuddyKey("u", AUDIENCE))
+        assert new.migrate() == [2]
+        buddy = new.get_buddy(T, BuddyKey("u", AUDIENCE))
+        assert buddy is not None and buddy.coins == 5
+    finally:
+        new.close()
+    # The older release now refuses the newer schema.
+    older = _store(postgres_dsn, fresh_postgres_schema)
+    try:
+        with pytest.raises(StoreError, match="newer"):
+            older.get_buddy(T, BuddyKey("u", AUDIENCE))
+        with pytest.raises(StoreError, match="newer"):
+            older.migrate()
+    finally:
+        older.close()
+
+
+def test_concurrent_migrations_apply_once(postgres_dsn: str, fresh_postgres_schema: str) -> None:
+    applied: list[list[int]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def migrate() -> None:
+        store = _store(postgres_dsn, fresh_postgres_schema)
+        try:
+            barrier.wait(30)
+            applied.append(store.migrate())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(applied) == [[], [], [], [1]]
+
+
+# -- PostgreSQL specifics ------------------------------------------------------------------
+
+
+def test_units_in_a_group_commit_on_their_own_and_are_flushed_once(
+    postgres_dsn: str, postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    store = _store(postgres_dsn, postgres_schema)
+    observer = _store(postgres_dsn, postgres_schema)
+    flushes: list[int] = []
+    real_flush = store._flush_wal
+
+    def counting_flush() -> None:
+        flushes.append(1)
+        real_flush()
+
+    monkeypatch.setattr(store, "_flush_wal", counting_flush)
+    try:
+        with store.group("t-group"):
+            with (
+                store.group("t-group"),
+                store.unit_of_work("t-group", BuddyKey("u1", AUDIENCE)) as uow,
+            ):
+                uow.put_buddy(_state("u1"))
+            # Each unit is its own transaction: committed (and unlocked) at once.
+            assert [s.user_id for s in observer.export_states("t-group")] == ["u1"]
+            with pytest.raises(RuntimeError), store.group("t-group"):
+                with store.unit_of_work("t-group", BuddyKey("u2", AUDIENCE)) as uow:
+                    uow.put_buddy(_state("u2"))
+                raise RuntimeError("unit k failed")
+            assert flushes == []
+        assert flushes == [1]  # one flush for the whole (outermost) group
+        # The flush is a logged write (a commit that wrote no WAL would not wait for the disk).
+        with psycopg.connect(postgres_dsn) as conn:
+            marks = conn.execute(f'SELECT count(*) FROM "{postgres_schema}".flush_marks').fetchone()
+        assert marks is not None and marks[0] >= 1
+        with store.group("t-group"):
+            store.get_buddy("t-group", BuddyKey("u1", AUDIENCE))
+        assert flushes == [1]  # nothing written, nothing to flush
+        assert [s.user_id for s in observer.export_states("t-group")] == ["u1", "u2"]
+    finally:
+        store.close()
+        observer.close()
+
+
+def test_group_commit_can_be_turned_off(postgres_dsn: str, postgres_schema: str) -> None:
+    store = _store(postgres_dsn, postgres_schema, group_commit=False, durable_quota=True)
+    try:
+        with (
+            store.group("t-nogroup"),
+            store.unit_of_work("t-nogroup", BuddyKey("u1", AUDIENCE)) as uow,
+        ):
+            uow.put_buddy(_state("u1"))
+        assert store.reserve_quota("t-nogroup", "2024-05", 2, 3) == 2
+        assert store.reserve_quota("t-nogroup", "2024-05", 2, 3) is None
+        store.release_quota("t-nogroup", "2024-05", 1)
+        assert store.quota_used("t-nogroup", "2024-05") == 1
+        assert len(store.export_states("t-nogroup")) == 1
+    finally:
+        store.close()
+
+
+def test_buddies_are_listed_in_code_point_order_across_pages(
+    pg_store: Any, postgres_dsn: str, postgres_schema: str
+) -> None:
+    import psycopg
+
+    tenant = "t-order"
+    users = ["B", "a", "é", "Z", "_", "aa", "A"] + [f"user-{i:04d}" for i in range(1100)]
+    rows = [(tenant, u, AUDIENCE, _state(u).model_dump_json()) for u in users]
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.cursor().executemany(
+            f'INSERT INTO "{postgres_schema}".buddies (tenant, user_id, audience, state) '
+            "VALUES (%s, %s, %s, %s::jsonb)",
+            rows,
+        )
+    listed = [s.user_id for s in pg_store.list_buddies(tenant)]
+    assert listed == sorted(users)
+    assert [s.user_id for s in pg_store.export_states(tenant)] == sorted(users)
+
+
+def test_rulebook_documents_keep_their_key_order_and_are_queryable(
+    pg_store: Any, postgres_dsn: str, postgres_schema: str
+) -> None:
+    import psycopg
+
+    document = {
+        "name": "demo",
+        "tokens": [{"key": "z"}],
+        "reward": {"tokens": {"xp": 1, "gems": 2}},
+    }
+    pg_store.put_rulebook("t-rb", RulebookRecord("v1", "demo", "published", document, 1, AT))
+    record = pg_store.get_rulebook("t-rb", "v1")
+    assert record is not None and record.document == document
+    assert list(record.document) == ["name", "tokens", "reward"]
+    assert list(record.document["reward"]["tokens"]) == ["xp", "gems"]
+    with psycopg.connect(postgres_dsn) as conn:
+        row = conn.execute(
+            f"SELECT document->>'name' FROM \"{postgres_schema}\".rulebooks "
+            "WHERE tenant = %s AND version = %s",
+            ("t-rb", "v1"),
+        ).fetchone()
+    assert row == ("demo",)
+
+
+def test_a_unit_holds_the_buddy_key_before_the_row_exists(pg_store: Any) -> None:
+    tenant = "t-lock"
+    key = BuddyKey("newcomer", AUDIENCE)
+    entered = threading.Event()
+    second_inside = threading.Event()
+
+    def second() -> None:
+        with pg_store.unit_of_work(tenant, key) as uow:
+            second_inside.set()
+            existing = uow.get_buddy()
+            assert existing is not None and existing.coins == 1
+
+    with pg_store.unit_of_work(tenant, key) as uow:
+        assert uow.get_buddy() is None
+        thread = threading.Thread(target=second)
+        thread.start()
+        entered.set()
+        assert not second_inside.wait(0.5), "a second unit got the key while it was held"
+        uow.put_buddy(_state("newcomer", coins=1))
+    thread.join(30)
+    assert second_inside.is_set()
+
+
+def test_stores_in_two_schemas_are_independent(
+    pg_store: Any, postgres_dsn: str, fresh_postgres_schema: str
+) -> None:
+    other = _store(postgres_dsn, fresh_postgres_schema)
+    try:
+        other.migrate()
+        with pg_store.unit_of_work("t-schemas", BuddyKey("u", AUDIENCE)) as uow:
+            uow.put_buddy(_state("u"))
+        assert other.export_states("t-schemas") == []
+    finally:
+        other.close()
+
+
+def test_a_pooled_connection_killed_by_the_server_is_replaced(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    import psycopg
+
+    store = _store(postgres_dsn, postgres_schema, min_size=1, max_size=1)
+    try:
+        key = BuddyKey("u", AUDIENCE)
+        assert store.get_buddy("t-restart", key) is None
+
+        def kill_pooled_connection() -> None:
+            pool = store._get_pool()
+            conn = pool.getconn()
+            pid = conn.info.backend_pid
+            pool.putconn(conn)
+            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        kill_pooled_connection()
+        assert store.get_buddy("t-restart", key) is None  # a read is retried once
+        kill_pooled_connection()
+        with store.unit_of_work("t-restart", key) as uow:  # so is the start of a unit
+            uow.put_buddy(_state("u", coins=4))
+        buddy = store.get_buddy("t-restart", key)
+        assert buddy is not None and buddy.coins == 4
+    finally:
+        store.close()
