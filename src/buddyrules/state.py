@@ -7,7 +7,7 @@ engine never mutates a state; it builds a new one per event.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,8 +17,37 @@ if TYPE_CHECKING:
 __all__ = ["BuddyState", "PathState", "RuleUsage", "StreakState"]
 
 
+_object_new = object.__new__
+# BaseModel's own slots, set through their descriptors: faster than object.__setattr__.
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+_FIELDS_SET: dict[type, set[str]] = {}
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def trusted(cls, values: dict[str, Any]) -> Self:
+        """Build an instance from already valid values for every field, without validation.
+
+        The engine's hot path: ``model_construct`` costs several microseconds per state
+        because it resolves aliases and defaults field by field. ``values`` must hold every
+        field (with values of the right types) and is used as is, not copied.
+        """
+        model = _object_new(cls)
+        _set_dict(model, values)
+        # Every field is set. The set is shared by all trusted instances of a class: frozen
+        # models never add to it, and pydantic copies it before changing it (model_copy).
+        fields_set = _FIELDS_SET.get(cls)
+        if fields_set is None:
+            fields_set = _FIELDS_SET[cls] = set(cls.model_fields)
+        _set_fields_set(model, fields_set)
+        _set_extra(model, None)
+        _set_private(model, None)
+        return model
 
 
 class StreakState(_Frozen):

@@ -58,7 +58,7 @@ def _settle(turn: Turn) -> Outcome:
     if turn.rulebook.badges:
         evaluate_badges(turn, turn.base.audience, record_problems=False)
     if len(turn.rulebook.stages) > 1:
-        evaluate_evolution(turn)
+        evaluate_evolution(turn, record_problems=False)
     return turn.finish(debug=False)
 
 
@@ -176,7 +176,7 @@ def admin_unlock_gate(rulebook: Rulebook, state: BuddyState, gate: str) -> tuple
             {"currency": spec.token, "balance": balance, "amount": spec.cost},
         )
     turn.debit_token(spec.token, spec.cost, f"gate:{gate}")
-    turn.gates.append(gate)
+    turn.add_gate(gate)
     return _settle(turn), False
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from buddyrules.engine.evaluate import buddy_zone
 from buddyrules.engine.periods import local_date, period_index
 from buddyrules.engine.streaks import missed_periods
-from buddyrules.engine.turn import Notification, Outcome, Turn
+from buddyrules.engine.turn import Outcome, Turn
 from buddyrules.errors import ValidationFailed
 from buddyrules.rulebook.compiled import Rulebook
 from buddyrules.state import BuddyState, StreakState
@@ -29,7 +29,7 @@ def advance(rulebook: Rulebook, state: BuddyState, now: datetime) -> Outcome:
         raise ValidationFailed("now must be timezone-aware", {"fields": {"now": "naive"}})
     tz = buddy_zone(rulebook, state)
     today = local_date(now, tz)
-    turn = Turn.start(rulebook, state)
+    turn = Turn(rulebook, state)
 
     for rule in rulebook.decay:
         skill = rulebook.skills.get(rule.skill)
@@ -39,7 +39,7 @@ def advance(rulebook: Rulebook, state: BuddyState, now: datetime) -> Outcome:
         last = turn.decay_applied.get(rule.key)
         if last is None:
             if state.hatched_at is None:
-                turn.decay_applied[rule.key] = current
+                turn.set_decay_applied(rule.key, current)
                 continue
             grace_end = state.hatched_at + timedelta(days=rule.grace_days)
             if now < grace_end:
@@ -54,7 +54,7 @@ def advance(rulebook: Rulebook, state: BuddyState, now: datetime) -> Outcome:
             if rule.apply_only_above is not None and skill.level_of(value) <= rule.apply_only_above:
                 break
             value = max(rule.floor, value - rule.amount)
-        turn.decay_applied[rule.key] = current
+        turn.set_decay_applied(rule.key, current)
         if value != turn.skills.get(rule.skill, 0):
             turn.set_skill(rule.skill, value, f"decay:{rule.key}", message="skill.decayed")
 
@@ -66,14 +66,18 @@ def advance(rulebook: Rulebook, state: BuddyState, now: datetime) -> Outcome:
         k = missed_periods(s.last_period, current)
         held = turn.tokens.get(streak.freeze_token, 0) if streak.freeze_token else 0
         if k > held:
-            turn.streaks[streak.key] = StreakState(
-                count=0, best=s.best, last_period=s.last_period, milestones_paid=s.milestones_paid
+            turn.set_streak(
+                streak.key,
+                StreakState(
+                    count=0,
+                    best=s.best,
+                    last_period=s.last_period,
+                    milestones_paid=s.milestones_paid,
+                ),
             )
             turn.visible = True
             turn.streak_changes.append(
                 {"streak": streak.key, "change": "burned", "count_before": s.count}
             )
-            turn.notifications.append(
-                Notification("streak.burned", {"streak": streak.key, "count_before": s.count})
-            )
+            turn.notify("streak.burned", {"streak": streak.key, "count_before": s.count})
     return turn.finish(debug=False)

@@ -11,7 +11,7 @@ from buddyrules.engine.context import EventContext
 from buddyrules.engine.turn import Turn
 from buddyrules.state import RuleUsage
 
-__all__ = ["clip_to_caps", "record_usage"]
+__all__ = ["clip", "clip_to_caps", "record", "record_usage"]
 
 
 def clip_to_caps(
@@ -27,22 +27,38 @@ def clip_to_caps(
     """Return ``(allowed, why_clipped)`` for a grant under the rule's caps and limit."""
     if daily_cap is None and weekly_cap is None and total_limit is None:
         return grant, None
-    usage = turn.rule_usage.get(key)
+    return clip(turn.rule_usage.get(key), grant, ctx, daily_cap, weekly_cap, total_limit)
+
+
+def clip(
+    usage: RuleUsage | None,
+    grant: int,
+    ctx: EventContext,
+    daily_cap: int | None,
+    weekly_cap: int | None,
+    total_limit: int | None,
+) -> tuple[int, str | None]:
+    """:func:`clip_to_caps` given the rule's usage (the engine's hot path)."""
     why: str | None = None
-    if total_limit is not None and usage is not None and usage.times >= total_limit:
+    if usage is None:
+        # Nothing credited yet: only a cap below the grant clips it.
+        if daily_cap is not None and grant > daily_cap:
+            why = f"daily cap {daily_cap} reached (used 0, clipped {grant - daily_cap})"
+            grant = daily_cap
+        if weekly_cap is not None and grant > weekly_cap:
+            why = f"weekly cap {weekly_cap} reached (used 0, clipped {grant - weekly_cap})"
+            grant = weekly_cap
+        return grant, why
+    if total_limit is not None and usage.times >= total_limit:
         return 0, f"total limit used up ({usage.times}/{total_limit})"
     if daily_cap is not None:
-        used = _used(
-            usage.day if usage else None, usage.day_total if usage else 0, ctx.day, daily_cap
-        )
+        used = _used(usage.day, usage.day_total, ctx.day, daily_cap)
         room = max(0, daily_cap - used)
         if grant > room:
             why = f"daily cap {daily_cap} reached (used {used}, clipped {grant - room})"
             grant = room
     if weekly_cap is not None:
-        used = _used(
-            usage.week if usage else None, usage.week_total if usage else 0, ctx.week, weekly_cap
-        )
+        used = _used(usage.week, usage.week_total, ctx.week, weekly_cap)
         room = max(0, weekly_cap - used)
         if grant > room:
             why = f"weekly cap {weekly_cap} reached (used {used}, clipped {grant - room})"
@@ -65,20 +81,36 @@ def _used(last: int | None, total: int, current: int, cap: int) -> int:
 
 
 def record_usage(turn: Turn, key: str, credited: int, ctx: EventContext) -> None:
-    """Count a credited grant against the rule's caps and total limit."""
-    if credited <= 0:
-        return
-    usage = turn.rule_usage.get(key)
+    """Count a credited grant against the rule's caps and total limit.
+
+    Only rules with a cap or a total limit are counted (the engine checks ``rule.limited``):
+    nothing reads the usage of the others, and every entry is state to store.
+    """
+    if credited > 0:
+        record(turn, key, turn.rule_usage.get(key), credited, ctx)
+
+
+def record(turn: Turn, key: str, usage: RuleUsage | None, credited: int, ctx: EventContext) -> None:
+    """:func:`record_usage` given the rule's usage before this grant (the hot path)."""
     if usage is None:
-        turn.rule_usage[key] = RuleUsage(
-            day=ctx.day, day_total=credited, week=ctx.week, week_total=credited, times=1
-        )
-        return
-    day, day_total = _advance(usage.day, usage.day_total, ctx.day, credited)
-    week, week_total = _advance(usage.week, usage.week_total, ctx.week, credited)
-    turn.rule_usage[key] = RuleUsage(
-        day=day, day_total=day_total, week=week, week_total=week_total, times=usage.times + 1
-    )
+        values = {
+            "day": ctx.day,
+            "day_total": credited,
+            "week": ctx.week,
+            "week_total": credited,
+            "times": 1,
+        }
+    else:
+        day, day_total = _advance(usage.day, usage.day_total, ctx.day, credited)
+        week, week_total = _advance(usage.week, usage.week_total, ctx.week, credited)
+        values = {
+            "day": day,
+            "day_total": day_total,
+            "week": week,
+            "week_total": week_total,
+            "times": usage.times + 1,
+        }
+    turn.set_usage(key, RuleUsage.trusted(values))
 
 
 def _advance(last: int | None, total: int, current: int, credited: int) -> tuple[int, int]:

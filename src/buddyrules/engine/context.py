@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from buddyrules.engine.periods import period_index
+from buddyrules.engine.periods import day_and_week, period_index
 
 __all__ = ["EventContext"]
 
 
-@dataclass(frozen=True, slots=True)
 class EventContext:
-    """The event being evaluated with its local date (buddy's timezone, else rulebook's)."""
+    """The event being evaluated with its local date (buddy's timezone, else rulebook's).
+
+    ``day`` and ``week`` are the indexes of the event's local day and ISO week, computed
+    once (caps and daily/weekly streaks all need them). Read-only by convention; a plain
+    slotted class because one is built per event.
+    """
+
+    __slots__ = ("audience", "day", "local_day", "occurred_at", "type", "week")
 
     type: str
     audience: str
@@ -22,19 +27,21 @@ class EventContext:
     day: int
     week: int
 
+    def __init__(
+        self, event_type: str, audience: str, occurred_at: datetime, local_day: date
+    ) -> None:
+        self.type = event_type
+        self.audience = audience
+        self.occurred_at = occurred_at
+        self.local_day = local_day
+        self.day, self.week = day_and_week(local_day)
+
     @classmethod
     def of(
         cls, event_type: str, audience: str, occurred_at: datetime, local_day: date
     ) -> EventContext:
         """Build the context, computing day and ISO-week indexes once."""
-        return cls(
-            type=event_type,
-            audience=audience,
-            occurred_at=occurred_at,
-            local_day=local_day,
-            day=period_index("daily", local_day),
-            week=period_index("weekly", local_day),
-        )
+        return cls(event_type, audience, occurred_at, local_day)
 
     def period(self, kind: str) -> int:
         """The index of this event's ``daily``/``weekly``/``monthly`` period."""

@@ -29,7 +29,7 @@ from buddyrules.engine.turn import Outcome, Turn
 from buddyrules.errors import ValidationFailed
 from buddyrules.events import Event
 from buddyrules.rulebook.compiled import Rulebook
-from buddyrules.state import BuddyState
+from buddyrules.state import BuddyState, PathState
 
 __all__ = ["buddy_zone", "evaluate", "new_buddy"]
 
@@ -74,12 +74,20 @@ def new_buddy(
         raise ValidationFailed(
             "hatched_at must be timezone-aware", {"fields": {"hatched_at": "naive datetime"}}
         )
+    # A path's first step is open from the hatch (unless it has its own unlock condition),
+    # so a buddy's first event does not report it as a change.
+    paths = {
+        path.key: PathState(unlocked=(path.steps[0].key,))
+        for path in rulebook.paths
+        if (path.audience is None or path.audience == audience) and path.steps[0].unlock is None
+    }
     return BuddyState(
         user_id=user_id,
         audience=audience,
         rulebook_version=rulebook.version,
         timezone=timezone,
         hatched_at=hatched_at,
+        paths=paths,
     )
 
 
@@ -97,8 +105,9 @@ def evaluate(
     audience is the buddy's. Registration and quota are the service's business: an
     unregistered type only bumps its counter.
     """
-    ev = Event.coerce(event)
-    if ev.occurred_at is None:
+    ev = event if type(event) is Event else Event.coerce(event)
+    occurred_at = ev.occurred_at
+    if occurred_at is None:
         raise ValidationFailed(
             "occurred_at is required by evaluate (the pure core reads no clock)",
             {"fields": {"occurred_at": "required"}},
@@ -108,20 +117,21 @@ def evaluate(
             f"event is for user {ev.user_id!r}, state is user {state.user_id!r}",
             {"fields": {"user_id": "does not match the buddy"}},
         )
-    audience = ev.audience if ev.audience is not None else state.audience
-    if audience != state.audience:
+    audience = ev.audience
+    if audience is None:
+        audience = state.audience
+    elif audience != state.audience:
         raise ValidationFailed(
             f"event audience {audience!r} does not match the buddy's {state.audience!r}",
             {"fields": {"audience": "does not match the buddy"}},
         )
-    occurred_at = ev.occurred_at
-    ctx = EventContext.of(
-        ev.type, audience, occurred_at, local_date(occurred_at, buddy_zone(rulebook, state))
-    )
-    turn = Turn.start(rulebook, state, explain=explain)
+    event_type = ev.type
+    local_day = local_date(occurred_at, buddy_zone(rulebook, state))
+    ctx = EventContext(event_type, audience, occurred_at, local_day)
+    turn = Turn(rulebook, state, explain)
     turn.build_namespace(
         {
-            "type": ev.type,
+            "type": event_type,
             "audience": audience,
             "user_id": ev.user_id,
             "occurred_at": occurred_at.isoformat(),
@@ -131,19 +141,20 @@ def evaluate(
     )
 
     # 1. counters
-    turn.counters[ev.type] = turn.counters.get(ev.type, 0) + 1
+    counters = turn.counters
+    counters[event_type] = counters.get(event_type, 0) + 1
     # 2. streaks
-    streaks = rulebook.streaks_by_type.get(ev.type)
+    streaks = rulebook.streaks_by_type.get(event_type)
     if streaks:
         apply_streaks(turn, streaks, ctx)
     # 3. coin, skill, token rules
-    coin_rules = rulebook.coin_rules_by_type.get(ev.type)
+    coin_rules = rulebook.coin_rules_by_type.get(event_type)
     if coin_rules:
         apply_coin_rules(turn, coin_rules, ctx)
-    skill_rules = rulebook.skill_rules_by_type.get(ev.type)
+    skill_rules = rulebook.skill_rules_by_type.get(event_type)
     if skill_rules:
         apply_skill_rules(turn, skill_rules, ctx)
-    token_rules = rulebook.token_rules_by_type.get(ev.type)
+    token_rules = rulebook.token_rules_by_type.get(event_type)
     if token_rules:
         apply_token_rules(turn, token_rules, ctx)
     # 4. paths

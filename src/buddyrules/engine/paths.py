@@ -8,7 +8,9 @@ reward. One forward pass per path suffices, because a step only depends on earli
 
 from __future__ import annotations
 
-from buddyrules.engine.turn import Notification, Turn
+from typing import Any
+
+from buddyrules.engine.turn import Turn
 from buddyrules.rulebook.compiled import Path, Step
 from buddyrules.state import PathState
 
@@ -29,32 +31,73 @@ def evaluate_paths(turn: Turn, audience: str) -> None:
     """Advance every path of the buddy's audience as far as its conditions allow."""
     for path in turn.rulebook.paths:
         if path.audience is not None and path.audience != audience:
+            if turn.explain:
+                turn.trace.append(
+                    {
+                        "kind": "path",
+                        "rule": path.key,
+                        "fired": False,
+                        "reason": f"audience mismatch (path is for {path.audience!r})",
+                    }
+                )
             continue
         _advance_path(turn, path)
 
 
+_NO_PROGRESS = PathState()
+
+
+def _trace(turn: Turn, path: Path, step: Step, fired: bool, reason: str) -> None:
+    entry: dict[str, Any] = {
+        "kind": "path_step",
+        "rule": f"{path.key}/{step.key}",
+        "fired": fired,
+        "reason": reason,
+    }
+    reads: dict[str, Any] = {}
+    for expr in (step.unlock, step.completion):
+        if expr is not None:
+            reads.update(expr.read_values(turn.ns))
+    if reads:
+        entry["reads"] = reads
+    turn.trace.append(entry)
+
+
 def _advance_path(turn: Turn, path: Path) -> None:
-    st = turn.paths.get(path.key) or PathState()
-    unlocked = list(st.unlocked)
-    completed = list(st.completed)
-    done = list(st.sub_steps_done)
+    st = turn.paths.get(path.key) or _NO_PROGRESS
+    unlocked, completed, done = st.unlocked, st.completed, st.sub_steps_done
+    explain = turn.explain
+    if len(completed) == len(path.steps) and not explain:
+        return  # finished
     changed = False
     previous_complete = True
     for step in path.steps:
         if step.key in completed:
             previous_complete = True
+            if explain:
+                _trace(turn, path, step, False, "already completed")
             continue
         if step.key not in unlocked:
             can = _holds(turn, step, "unlock") if step.unlock is not None else previous_complete
             if not can:
                 previous_complete = False
+                if explain:
+                    _trace(
+                        turn,
+                        path,
+                        step,
+                        False,
+                        "locked: unlock condition false"
+                        if step.unlock is not None
+                        else "locked: the previous step is not completed",
+                    )
                 continue
-            unlocked.append(step.key)
+            unlocked = (*unlocked, step.key)
             changed = True
             turn.path_changes.append({"path": path.key, "step": step.key, "status": "unlocked"})
-        all_subs = True
+        pending: list[str] = []
         for sub in step.sub_steps:
-            ref = f"{step.key}/{sub.key}"
+            ref = sub.ref
             if ref in done:
                 continue
             if sub.completion is not None:
@@ -62,7 +105,7 @@ def _advance_path(turn: Turn, path: Path) -> None:
                 if problem is not None:
                     turn.problem(f"{step.path}.{sub.key}", problem)
                 if ok:
-                    done.append(ref)
+                    done = (*done, ref)
                     changed = True
                     turn.path_changes.append(
                         {
@@ -73,25 +116,41 @@ def _advance_path(turn: Turn, path: Path) -> None:
                         }
                     )
                     continue
-            all_subs = False
-        if all_subs and _holds(turn, step, "complete"):
-            completed.append(step.key)
+            pending.append(sub.key)
+        if not pending and _holds(turn, step, "complete"):
+            completed = (*completed, step.key)
             changed = True
             turn.path_changes.append({"path": path.key, "step": step.key, "status": "completed"})
-            turn.notifications.append(
-                Notification("path.step_completed", {"path": path.key, "step": step.key})
-            )
-            turn.paths[path.key] = PathState(
-                unlocked=tuple(unlocked), completed=tuple(completed), sub_steps_done=tuple(done)
+            turn.notify("path.step_completed", {"path": path.key, "step": step.key})
+            if explain:
+                _trace(turn, path, step, True, "completed")
+            turn.set_path(
+                path.key,
+                PathState.trusted(
+                    {"unlocked": unlocked, "completed": completed, "sub_steps_done": done}
+                ),
             )
             turn.pay(step.reward, f"path:{path.key}:{step.key}")
             previous_complete = True
         else:
             previous_complete = False
+            if explain:
+                _trace(
+                    turn,
+                    path,
+                    step,
+                    False,
+                    f"waiting for sub-steps: {', '.join(pending)}"
+                    if pending
+                    else "completion condition false",
+                )
     if changed:
         turn.visible = True
-        turn.paths[path.key] = PathState(
-            unlocked=tuple(unlocked), completed=tuple(completed), sub_steps_done=tuple(done)
+        turn.set_path(
+            path.key,
+            PathState.trusted(
+                {"unlocked": unlocked, "completed": completed, "sub_steps_done": done}
+            ),
         )
 
 
@@ -101,8 +160,11 @@ def complete_sub_step(turn: Turn, path_key: str, step_key: str, sub_key: str) ->
     ref = f"{step_key}/{sub_key}"
     if ref in st.sub_steps_done:
         return False
-    turn.paths[path_key] = PathState(
-        unlocked=st.unlocked, completed=st.completed, sub_steps_done=(*st.sub_steps_done, ref)
+    turn.set_path(
+        path_key,
+        PathState(
+            unlocked=st.unlocked, completed=st.completed, sub_steps_done=(*st.sub_steps_done, ref)
+        ),
     )
     turn.visible = True
     turn.path_changes.append(

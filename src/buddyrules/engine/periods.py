@@ -13,6 +13,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 __all__ = [
+    "day_and_week",
     "local_date",
     "month_index",
     "next_month_start_utc",
@@ -42,6 +43,12 @@ def week_index(day: date) -> int:
 def month_index(day: date) -> int:
     """The month index of a date."""
     return day.year * 12 + day.month - 1
+
+
+def day_and_week(day: date) -> tuple[int, int]:
+    """The ``daily`` and ``weekly`` period indexes of ``day`` at once (the hot path)."""
+    ordinal = day.toordinal()
+    return ordinal, (ordinal - 1) // 7
 
 
 def period_index(kind: str, day: date) -> int:

@@ -1,12 +1,15 @@
-"""Coin, skill and token rules: the grants an event earns (SPEC §4), in rulebook order."""
+"""Coin, skill and token rules: the grants an event earns (SPEC §4), in rulebook order.
+
+These loops run for every event, so the common case (no trace, literal amount) is kept
+inline; tracing only adds entries and never changes a result.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from buddyrules.conditions import Expression
-from buddyrules.engine.caps import clip_to_caps, record_usage
+from buddyrules.engine.caps import clip, record
 from buddyrules.engine.context import EventContext
 from buddyrules.engine.turn import Turn
 from buddyrules.rulebook.compiled import Amount, CoinRule, SkillRule, TokenRule
@@ -14,29 +17,26 @@ from buddyrules.rulebook.compiled import Amount, CoinRule, SkillRule, TokenRule
 __all__ = ["apply_coin_rules", "apply_skill_rules", "apply_token_rules"]
 
 
-def _condition_holds(
-    turn: Turn,
-    kind: str,
-    key: str,
-    audience: str | None,
-    when: Expression | None,
-    ctx: EventContext,
+def _holds(
+    turn: Turn, kind: str, rule: CoinRule | SkillRule | TokenRule, ctx: EventContext
 ) -> tuple[bool, dict[str, Any] | None]:
     """Audience filter and ``when``; returns (holds, trace entry to complete or None)."""
     entry: dict[str, Any] | None = None
     if turn.explain:
-        entry = {"kind": kind, "rule": key, "fired": False, "reason": None}
+        entry = {"kind": kind, "rule": rule.key, "fired": False, "reason": None}
         turn.trace.append(entry)
+    audience = rule.audience
     if audience is not None and audience != ctx.audience:
         if entry is not None:
             entry["reason"] = f"audience mismatch (rule is for {audience!r})"
         return False, None
+    when = rule.when
     if when is not None:
         ok, problem = when.test(turn.ns)
         if entry is not None:
             entry["reads"] = when.read_values(turn.ns)
         if problem is not None:
-            turn.problem(key, f"condition: {problem}")
+            turn.problem(rule.key, f"condition: {problem}")
             if entry is not None:
                 entry["reason"] = f"evaluation problem: {problem}"
             return False, None
@@ -48,7 +48,10 @@ def _condition_holds(
 
 
 def _amount(turn: Turn, key: str, amount: Amount, entry: dict[str, Any] | None) -> int:
-    value, problem = amount.resolve(turn.ns)
+    expr = amount.expr
+    if expr is None:
+        return amount.literal or 0
+    value, problem = expr.amount(turn.ns)
     if problem is not None:
         turn.problem(key, f"amount: {problem}")
         if entry is not None:
@@ -72,17 +75,32 @@ def _finish_entry(entry: dict[str, Any] | None, grant: int, credited: int, why: 
 
 def apply_coin_rules(turn: Turn, rules: tuple[CoinRule, ...], ctx: EventContext) -> None:
     """Run the coin rules bound to this event type."""
+    ns = turn.ns
+    explain = turn.explain
+    entry: dict[str, Any] | None = None
     for rule in rules:
-        holds, entry = _condition_holds(turn, "coin_rule", rule.key, rule.audience, rule.when, ctx)
-        if not holds:
-            continue
+        if explain:
+            holds, entry = _holds(turn, "coin_rule", rule, ctx)
+            if not holds:
+                continue
+        else:  # the same checks as _holds, inline
+            if rule.audience is not None and rule.audience != ctx.audience:
+                continue
+            when = rule.when
+            if when is not None:
+                ok, problem = when.test(ns)
+                if not ok:
+                    if problem is not None:
+                        turn.problem(rule.key, f"condition: {problem}")
+                    continue
         turn.matched = True
-        grant = _amount(turn, rule.key, rule.amount, entry)
+        literal = rule.amount.literal
+        grant = literal if literal is not None else _amount(turn, rule.key, rule.amount, entry)
         if rule.multipliers and grant > 0:
             factor: float = 1
             applied: list[float] = []
             for cond, f in rule.multipliers:
-                ok, problem = cond.test(turn.ns)
+                ok, problem = cond.test(ns)
                 if problem is not None:
                     turn.problem(rule.key, f"multiplier: {problem}")
                 if ok:
@@ -94,31 +112,44 @@ def apply_coin_rules(turn: Turn, rules: tuple[CoinRule, ...], ctx: EventContext)
         why: str | None = None
         credited = grant
         if grant > 0:
-            credited, why = clip_to_caps(
-                turn,
-                rule.key,
-                grant,
-                ctx,
-                daily_cap=rule.daily_cap,
-                weekly_cap=rule.weekly_cap,
-                total_limit=rule.total_limit,
-            )
-            if credited < grant:
-                turn.clipped = True
+            if rule.limited:
+                usage = turn.rule_usage.get(rule.key)
+                credited, why = clip(
+                    usage, grant, ctx, rule.daily_cap, rule.weekly_cap, rule.total_limit
+                )
+                if credited < grant:
+                    turn.clipped = True
+                if credited > 0:
+                    record(turn, rule.key, usage, credited, ctx)
             if credited > 0:
-                record_usage(turn, rule.key, credited, ctx)
                 turn.credit_coins(credited, f"rule:{rule.key}")
-        _finish_entry(entry, grant, credited, why)
+        if entry is not None:
+            _finish_entry(entry, grant, credited, why)
 
 
 def apply_skill_rules(turn: Turn, rules: tuple[SkillRule, ...], ctx: EventContext) -> None:
     """Run the skill rules bound to this event type (values clamp at ``max_value``)."""
+    ns = turn.ns
+    explain = turn.explain
+    entry: dict[str, Any] | None = None
     for rule in rules:
-        holds, entry = _condition_holds(turn, "skill_rule", rule.key, rule.audience, rule.when, ctx)
-        if not holds:
-            continue
+        if explain:
+            holds, entry = _holds(turn, "skill_rule", rule, ctx)
+            if not holds:
+                continue
+        else:  # the same checks as _holds, inline
+            if rule.audience is not None and rule.audience != ctx.audience:
+                continue
+            when = rule.when
+            if when is not None:
+                ok, problem = when.test(ns)
+                if not ok:
+                    if problem is not None:
+                        turn.problem(rule.key, f"condition: {problem}")
+                    continue
         turn.matched = True
-        grant = _amount(turn, rule.key, rule.amount, entry)
+        literal = rule.amount.literal
+        grant = literal if literal is not None else _amount(turn, rule.key, rule.amount, entry)
         skill = turn.rulebook.skills[rule.skill]
         before = turn.skills.get(rule.skill, 0)
         credited = max(0, min(grant, skill.max_value - before))
@@ -128,28 +159,47 @@ def apply_skill_rules(turn: Turn, rules: tuple[SkillRule, ...], ctx: EventContex
             why = f"skill {rule.skill!r} at max_value {skill.max_value}"
         if credited > 0:
             turn.set_skill(rule.skill, before + credited, f"rule:{rule.key}", message="")
-        _finish_entry(entry, grant, credited, why)
+        if entry is not None:
+            _finish_entry(entry, grant, credited, why)
 
 
 def apply_token_rules(turn: Turn, rules: tuple[TokenRule, ...], ctx: EventContext) -> None:
     """Run the token rules bound to this event type (caps, then ``max_balance``)."""
+    ns = turn.ns
+    explain = turn.explain
+    entry: dict[str, Any] | None = None
     for rule in rules:
-        holds, entry = _condition_holds(turn, "token_rule", rule.key, rule.audience, rule.when, ctx)
-        if not holds:
-            continue
+        if explain:
+            holds, entry = _holds(turn, "token_rule", rule, ctx)
+            if not holds:
+                continue
+        else:  # the same checks as _holds, inline
+            if rule.audience is not None and rule.audience != ctx.audience:
+                continue
+            when = rule.when
+            if when is not None:
+                ok, problem = when.test(ns)
+                if not ok:
+                    if problem is not None:
+                        turn.problem(rule.key, f"condition: {problem}")
+                    continue
         turn.matched = True
-        grant = _amount(turn, rule.key, rule.amount, entry)
+        literal = rule.amount.literal
+        grant = literal if literal is not None else _amount(turn, rule.key, rule.amount, entry)
         credited, why = grant, None
         if grant > 0:
-            credited, why = clip_to_caps(
-                turn, rule.key, grant, ctx, daily_cap=rule.daily_cap, weekly_cap=rule.weekly_cap
-            )
+            usage = None
+            if rule.limited:
+                usage = turn.rule_usage.get(rule.key)
+                credited, why = clip(usage, grant, ctx, rule.daily_cap, rule.weekly_cap, None)
             if credited > 0:
                 before = credited
                 credited = turn.credit_token(rule.token, credited, f"rule:{rule.key}")
                 if credited < before:
                     why = f"max_balance of {rule.token!r} reached (clipped {before - credited})"
-                record_usage(turn, rule.key, credited, ctx)
+                if rule.limited and credited > 0:
+                    record(turn, rule.key, usage, credited, ctx)
             if credited < grant:
                 turn.clipped = True
-        _finish_entry(entry, grant, credited, why)
+        if entry is not None:
+            _finish_entry(entry, grant, credited, why)

@@ -4,14 +4,14 @@
 says what each outcome means. Missed periods are only settled when activity resumes (or by
 ``sweep``, see :mod:`buddyrules.engine.advance`).
 
-| outcome      | when                                             | count      | freezes used |
-|--------------|--------------------------------------------------|------------|--------------|
-| start        | never ticked, or burned by a sweep (count 0)      | 1          | 0            |
-| same_period  | p == last ticked period                           | unchanged  | 0            |
-| earlier      | p <  last ticked period (a late event)            | unchanged  | 0            |
-| continue     | p == last + 1                                     | count + 1  | 0            |
-| frozen       | k = p - last - 1 missed, freeze tokens held >= k  | count + 1  | k            |
-| burned       | k missed, fewer than k freeze tokens held         | 1 (restart)| 0            |
+| outcome      | when                                                | count      | freezes |
+|--------------|-----------------------------------------------------|------------|---------|
+| start        | never ticked; or p > last after a sweep burn        | 1          | 0       |
+| same_period  | p == last ticked period                             | unchanged  | 0       |
+| earlier      | p <  last ticked period (late; also after a burn)   | unchanged  | 0       |
+| continue     | p == last + 1                                       | count + 1  | 0       |
+| frozen       | k = p - last - 1 missed, freeze tokens held >= k    | count + 1  | k       |
+| burned       | k missed, fewer than k freeze tokens held           | 1 (restart)| 0       |
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from buddyrules.engine.context import EventContext
-from buddyrules.engine.turn import Notification, Turn
+from buddyrules.engine.turn import Turn
 from buddyrules.rulebook.compiled import Streak
 from buddyrules.state import StreakState
 
@@ -43,13 +43,17 @@ def missed_periods(last: int, current: int) -> int:
 
 def classify(state: StreakState | None, period: int, freezes_held: int) -> tuple[str, int]:
     """Return ``(outcome, freezes_to_consume)`` for activity in ``period``."""
-    if state is None or state.last_period is None or state.count == 0:
+    if state is None or state.last_period is None:
         return "start", 0
     last = state.last_period
-    if period == last:
-        return "same_period", 0
+    # A late event never ticks, even after a sweep burned the streak (count 0): the burn
+    # keeps ``last_period``, so the order of these checks matters.
     if period < last:
         return "earlier", 0
+    if period == last:
+        return "same_period", 0
+    if state.count == 0:
+        return "start", 0
     k = missed_periods(last, period)
     if k == 0:
         return "continue", 0
@@ -90,9 +94,7 @@ def apply_streaks(turn: Turn, streaks: tuple[Streak, ...], ctx: EventContext) ->
             turn.streak_changes.append(
                 {"streak": streak.key, "change": "burned", "count_before": prev_count}
             )
-            turn.notifications.append(
-                Notification("streak.burned", {"streak": streak.key, "count_before": prev_count})
-            )
+            turn.notify("streak.burned", {"streak": streak.key, "count_before": prev_count})
         if freezes and streak.freeze_token is not None:
             turn.debit_token(streak.freeze_token, freezes, f"streak_freeze:{streak.key}")
             turn.streak_changes.append(
@@ -102,25 +104,28 @@ def apply_streaks(turn: Turn, streaks: tuple[Streak, ...], ctx: EventContext) ->
         best = max(count, current.best if current is not None else 0)
         paid = current.milestones_paid if current is not None else ()
         due = [(c, r) for c, r in streak.milestones if c <= count and c not in paid]
-        turn.streaks[streak.key] = StreakState(
-            count=count,
-            best=best,
-            last_period=period,
-            milestones_paid=tuple(sorted((*paid, *(c for c, _ in due)))),
+        turn.set_streak(
+            streak.key,
+            StreakState.trusted(
+                {
+                    "count": count,
+                    "best": best,
+                    "last_period": period,
+                    "milestones_paid": tuple(sorted((*paid, *(c for c, _ in due))))
+                    if due
+                    else paid,
+                }
+            ),
         )
         turn.ns["streaks"][streak.key] = {"count": count, "best": best}
         turn.visible = True
         turn.streak_changes.append({"streak": streak.key, "change": "ticked", "count": count})
-        turn.notifications.append(
-            Notification("streak.ticked", {"streak": streak.key, "count": count, "best": best})
-        )
+        turn.notify("streak.ticked", {"streak": streak.key, "count": count, "best": best})
         if entry is not None:
             entry["fired"] = True
             entry["count"] = count
         turn.pay(streak.tick_reward, f"streak:{streak.key}")
         for milestone_count, reward in due:
             turn.milestones.append({"streak": streak.key, "count": milestone_count})
-            turn.notifications.append(
-                Notification("streak.milestone", {"streak": streak.key, "count": milestone_count})
-            )
+            turn.notify("streak.milestone", {"streak": streak.key, "count": milestone_count})
             turn.pay(reward, f"streak_milestone:{streak.key}:{milestone_count}")

@@ -1,27 +1,33 @@
-"""The scratch state of one evaluation: a mutable copy of the buddy plus what changed.
+"""The scratch state of one evaluation: a working copy of the buddy plus what changed.
 
 Mechanics read and write a :class:`Turn`; :meth:`Turn.finish` freezes it into a new
 :class:`BuddyState` and an :class:`Effects`, together with the ledger entries and outbox
 notifications the service writes in the same transaction. Money moves only through
 :meth:`credit_coins`, :meth:`credit_token`, :meth:`debit_token` and :meth:`debit_coins` so
 that every change has its ledger entry.
+
+Speed: a turn runs once per event, so it copies only what every event changes (counters,
+token balances); the other parts of the state (skills, streaks, rule usage, paths, decay
+marks) are shared with the input state and copied on first write through the ``set_*``
+methods. The input state is never mutated either way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from buddyrules.effects import Effects
+from buddyrules.effects import Effects, build_effects, frozen_builder
 from buddyrules.rulebook.compiled import Reward, Rulebook
 from buddyrules.state import BuddyState, PathState, RuleUsage, StreakState
 
 __all__ = ["LedgerEntry", "Notification", "Outcome", "Turn"]
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
+# LedgerEntry and Notification are named tuples rather than frozen dataclasses: several of
+# each are built per event, and a frozen dataclass costs several times more to construct.
+class LedgerEntry(NamedTuple):
     """One coin or token movement. ``currency`` is ``"coins"`` or ``"token:<key>"``."""
 
     currency: str
@@ -30,8 +36,7 @@ class LedgerEntry:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(NamedTuple):
     """An outbox message to deliver after commit (SPEC §6 names, e.g. ``badge.awarded``)."""
 
     type: str
@@ -49,91 +54,167 @@ class Outcome:
     notifications: tuple[Notification, ...] = ()
 
 
-@dataclass(slots=True)
+_tuple_new = tuple.__new__  # builds a named tuple without its Python-level __new__
+_build_outcome = frozen_builder(Outcome)
+
+
 class Turn:
-    """Mutable working copy of a buddy during one evaluation."""
+    """Working copy of a buddy during one evaluation (never shared between threads)."""
+
+    __slots__ = (
+        "_decay_owned",
+        "_paths_owned",
+        "_skills_owned",
+        "_streaks_owned",
+        "_tokens_changed",
+        "_usage_owned",
+        "awarded_now",
+        "badges",
+        "base",
+        "clipped",
+        "coins",
+        "coins_credited",
+        "counters",
+        "decay_applied",
+        "evolution_became_ready",
+        "evolution_notified",
+        "evolution_ready",
+        "evolved_to",
+        "explain",
+        "gates",
+        "ledger",
+        "matched",
+        "milestones",
+        "notifications",
+        "ns",
+        "path_changes",
+        "paths",
+        "problems",
+        "ready",
+        "ready_now",
+        "rule_usage",
+        "rulebook",
+        "skill_changes",
+        "skills",
+        "stage",
+        "streak_changes",
+        "streaks",
+        "token_credits",
+        "tokens",
+        "trace",
+        "visible",
+    )
 
     rulebook: Rulebook
     base: BuddyState
-    explain: bool = False
-    coins: int = 0
-    tokens: dict[str, int] = field(default_factory=dict)
-    skills: dict[str, int] = field(default_factory=dict)
-    badges: set[str] = field(default_factory=set)
-    badge_order: list[str] = field(default_factory=list)
-    ready: set[str] = field(default_factory=set)
-    ready_order: list[str] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
-    streaks: dict[str, StreakState] = field(default_factory=dict)
-    rule_usage: dict[str, RuleUsage] = field(default_factory=dict)
-    paths: dict[str, PathState] = field(default_factory=dict)
-    gates: list[str] = field(default_factory=list)
-    decay_applied: dict[str, int] = field(default_factory=dict)
-    stage: int = 1
-    evolution_notified: int = 1
-    # What changed (the effects):
-    coins_credited: int = 0
-    token_credits: dict[str, int] = field(default_factory=dict)
-    awarded_now: list[str] = field(default_factory=list)
-    ready_now: list[str] = field(default_factory=list)
-    milestones: list[dict[str, Any]] = field(default_factory=list)
-    skill_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    streak_changes: list[dict[str, Any]] = field(default_factory=list)
-    path_changes: list[dict[str, Any]] = field(default_factory=list)
-    problems: list[dict[str, Any]] = field(default_factory=list)
-    trace: list[dict[str, Any]] = field(default_factory=list)
-    ledger: list[LedgerEntry] = field(default_factory=list)
-    notifications: list[Notification] = field(default_factory=list)
-    evolution_ready: bool = False
-    evolution_became_ready: bool = False
-    evolved_to: int | None = None
-    matched: bool = False
-    clipped: bool = False
-    visible: bool = False
-    ns: dict[str, Any] = field(default_factory=dict)
+    explain: bool
+    coins: int
+    tokens: dict[str, int]
+    skills: dict[str, int]
+    badges: set[str]
+    ready: tuple[str, ...]
+    counters: dict[str, int]
+    streaks: dict[str, StreakState]
+    rule_usage: dict[str, RuleUsage]
+    paths: dict[str, PathState]
+    gates: tuple[str, ...]
+    decay_applied: dict[str, int]
+    stage: int
+    evolution_notified: int
+    coins_credited: int
+    token_credits: dict[str, int]
+    awarded_now: list[str]
+    ready_now: list[str]
+    milestones: list[dict[str, Any]]
+    skill_changes: dict[str, dict[str, Any]]
+    streak_changes: list[dict[str, Any]]
+    path_changes: list[dict[str, Any]]
+    problems: list[dict[str, Any]]
+    trace: list[dict[str, Any]]
+    ledger: list[LedgerEntry]
+    notifications: list[Notification]
+    evolution_ready: bool
+    evolution_became_ready: bool
+    evolved_to: int | None
+    matched: bool
+    clipped: bool
+    visible: bool
+    ns: dict[str, Any]
+
+    def __init__(self, rulebook: Rulebook, state: BuddyState, explain: bool = False) -> None:
+        self.rulebook = rulebook
+        self.base = state
+        self.explain = explain
+        self.coins = state.coins
+        # Every declared token is present (conditions read ``tokens.<key>`` directly).
+        self.tokens = {**rulebook.token_zeros, **state.tokens}
+        self._tokens_changed = False
+        self.skills = state.skills
+        self._skills_owned = False
+        self.badges = set(state.badges)
+        self.ready = state.badges_ready
+        self.counters = dict(state.counters)
+        self.streaks = state.streaks
+        self._streaks_owned = False
+        self.rule_usage = state.rule_usage
+        self._usage_owned = False
+        self.paths = state.paths
+        self._paths_owned = False
+        self.gates = state.gates
+        self.decay_applied = state.decay_applied
+        self._decay_owned = False
+        self.stage = state.stage
+        self.evolution_notified = state.evolution_notified
+        self.coins_credited = 0
+        self.token_credits = {}
+        self.awarded_now = []
+        self.ready_now = []
+        self.milestones = []
+        self.skill_changes = {}
+        self.streak_changes = []
+        self.path_changes = []
+        self.problems = []
+        self.trace = []
+        self.ledger = []
+        self.notifications = []
+        self.evolution_ready = False
+        self.evolution_became_ready = False
+        self.evolved_to = None
+        self.matched = False
+        self.clipped = False
+        self.visible = False
+        self.ns = {}
 
     @classmethod
     def start(cls, rulebook: Rulebook, state: BuddyState, *, explain: bool = False) -> Turn:
-        """Copy the mutable parts of ``state`` (the input is never mutated)."""
-        turn = cls(rulebook=rulebook, base=state, explain=explain)
-        turn.coins = state.coins
-        turn.tokens = dict(state.tokens)
-        turn.skills = dict(state.skills)
-        turn.badges = set(state.badges)
-        turn.badge_order = list(state.badges)
-        turn.ready = set(state.badges_ready)
-        turn.ready_order = list(state.badges_ready)
-        turn.counters = dict(state.counters)
-        turn.streaks = dict(state.streaks)
-        turn.rule_usage = dict(state.rule_usage)
-        turn.paths = dict(state.paths)
-        turn.gates = list(state.gates)
-        turn.decay_applied = dict(state.decay_applied)
-        turn.stage = state.stage
-        turn.evolution_notified = state.evolution_notified
-        return turn
+        """Start a turn on ``state`` (the input is never mutated)."""
+        return cls(rulebook, state, explain)
 
     # -- the namespace conditions read -------------------------------------------------
 
     def build_namespace(self, event: dict[str, Any], audience: str) -> dict[str, Any]:
         """Build the condition namespace once; mechanics keep it current as they change."""
         rb = self.rulebook
-        tokens = self.tokens
-        for key in rb.tokens:
-            tokens.setdefault(key, 0)
+        skills = self.skills
+        streaks = self.streaks
         skills_ns = {}
         for key, skill in rb.skills.items():
-            value = self.skills.get(key, 0)
-            skills_ns[key] = {"value": value, "level": skill.level_of(value)}
+            value = skills.get(key, 0)
+            skills_ns[key] = {
+                "value": value,
+                "level": min(skill.max_level, value // skill.points_per_level),
+            }
         streaks_ns = {}
-        for st in rb.streaks:
-            s = self.streaks.get(st.key)
-            streaks_ns[st.key] = {"count": s.count if s else 0, "best": s.best if s else 0}
+        for key in rb.streak_keys:
+            s = streaks.get(key)
+            streaks_ns[key] = (
+                {"count": s.count, "best": s.best} if s is not None else {"count": 0, "best": 0}
+            )
         self.ns = {
             "event": event,
             "props": event["properties"],
             "coins": self.coins,
-            "tokens": tokens,
+            "tokens": self.tokens,
             "skills": skills_ns,
             "badges": self.badges,
             "streaks": streaks_ns,
@@ -143,23 +224,59 @@ class Turn:
         }
         return self.ns
 
+    # -- copy on write -------------------------------------------------------------------
+
+    def set_streak(self, key: str, value: StreakState) -> None:
+        """Replace one streak's state."""
+        if not self._streaks_owned:
+            self.streaks = dict(self.streaks)
+            self._streaks_owned = True
+        self.streaks[key] = value
+
+    def set_usage(self, key: str, value: RuleUsage) -> None:
+        """Replace one rule's cap/limit usage."""
+        if not self._usage_owned:
+            self.rule_usage = dict(self.rule_usage)
+            self._usage_owned = True
+        self.rule_usage[key] = value
+
+    def set_path(self, key: str, value: PathState) -> None:
+        """Replace one path's progress."""
+        if not self._paths_owned:
+            self.paths = dict(self.paths)
+            self._paths_owned = True
+        self.paths[key] = value
+
+    def set_decay_applied(self, key: str, period: int) -> None:
+        """Remember the last period a decay rule was applied in."""
+        if not self._decay_owned:
+            self.decay_applied = dict(self.decay_applied)
+            self._decay_owned = True
+        self.decay_applied[key] = period
+
+    def add_gate(self, key: str) -> None:
+        """Mark a gate unlocked."""
+        self.gates = (*self.gates, key)
+
+    def notify(self, kind: str, payload: dict[str, Any]) -> None:
+        """Queue an outbox notification (written by the service after commit)."""
+        self.notifications.append(_tuple_new(Notification, (kind, payload)))
+
     # -- money ---------------------------------------------------------------------------
 
     def credit_coins(self, amount: int, reason: str) -> None:
         """Credit coins (amount > 0) with a ledger entry and a ``coins.earned`` message."""
         if amount <= 0:
             return
-        self.coins += amount
+        coins = self.coins + amount
+        self.coins = coins
         self.coins_credited += amount
         self.visible = True
-        if self.ns:
-            self.ns["coins"] = self.coins
-        self.ledger.append(LedgerEntry("coins", amount, self.coins, reason))
-        self.notifications.append(
-            Notification(
-                "coins.earned", {"amount": amount, "balance": self.coins, "reason": reason}
-            )
-        )
+        ns = self.ns
+        if ns:
+            ns["coins"] = coins
+        self.ledger.append(_tuple_new(LedgerEntry, ("coins", amount, coins, reason)))
+        self.notify("coins.earned", {"amount": amount, "balance": coins, "reason": reason})
 
     def debit_coins(self, amount: int, reason: str) -> None:
         """Debit coins; the caller has checked the balance."""
@@ -167,34 +284,32 @@ class Turn:
         if self.ns:
             self.ns["coins"] = self.coins
         self.visible = True
-        self.ledger.append(LedgerEntry("coins", -amount, self.coins, reason))
-        self.notifications.append(
-            Notification("coins.spent", {"amount": amount, "balance": self.coins, "reason": reason})
-        )
+        self.ledger.append(_tuple_new(LedgerEntry, ("coins", -amount, self.coins, reason)))
+        self.notify("coins.spent", {"amount": amount, "balance": self.coins, "reason": reason})
 
     def credit_token(self, key: str, amount: int, reason: str) -> int:
         """Credit a token, clipped to its ``max_balance``; return what was credited."""
         if amount <= 0:
             return 0
-        token = self.rulebook.tokens[key]
-        balance = self.tokens.get(key, 0)
-        if token.max_balance is not None:
-            room = max(0, token.max_balance - balance)
+        tokens = self.tokens
+        balance = tokens.get(key, 0)
+        max_balance = self.rulebook.tokens[key].max_balance
+        if max_balance is not None:
+            room = max_balance - balance
             if amount > room:
                 self.clipped = True
+                if room <= 0:
+                    return 0
                 amount = room
-        if amount <= 0:
-            return 0
         balance += amount
-        self.tokens[key] = balance
-        self.token_credits[key] = self.token_credits.get(key, 0) + amount
+        tokens[key] = balance
+        self._tokens_changed = True
+        credits = self.token_credits
+        credits[key] = credits.get(key, 0) + amount
         self.visible = True
-        self.ledger.append(LedgerEntry(f"token:{key}", amount, balance, reason))
-        self.notifications.append(
-            Notification(
-                "token.earned",
-                {"token": key, "amount": amount, "balance": balance, "reason": reason},
-            )
+        self.ledger.append(_tuple_new(LedgerEntry, (f"token:{key}", amount, balance, reason)))
+        self.notify(
+            "token.earned", {"token": key, "amount": amount, "balance": balance, "reason": reason}
         )
         return amount
 
@@ -202,13 +317,11 @@ class Turn:
         """Debit a token; the caller has checked the balance."""
         balance = self.tokens.get(key, 0) - amount
         self.tokens[key] = balance
+        self._tokens_changed = True
         self.visible = True
-        self.ledger.append(LedgerEntry(f"token:{key}", -amount, balance, reason))
-        self.notifications.append(
-            Notification(
-                "token.spent",
-                {"token": key, "amount": amount, "balance": balance, "reason": reason},
-            )
+        self.ledger.append(_tuple_new(LedgerEntry, (f"token:{key}", -amount, balance, reason)))
+        self.notify(
+            "token.spent", {"token": key, "amount": amount, "balance": balance, "reason": reason}
         )
 
     def set_skill(self, key: str, value: int, reason: str, *, message: str) -> None:
@@ -218,6 +331,9 @@ class Turn:
         before = self.skills.get(key, 0)
         if value == before:
             return
+        if not self._skills_owned:
+            self.skills = dict(self.skills)
+            self._skills_owned = True
         self.skills[key] = value
         level_before = skill.level_of(before)
         level = skill.level_of(value)
@@ -232,18 +348,13 @@ class Turn:
         if self.ns:
             self.ns["skills"][key] = {"value": value, "level": level}
         if message == "skill.decayed":
-            self.notifications.append(
-                Notification(
-                    message,
-                    {"skill": key, "value": value, "value_before": before, "level": level},
-                )
+            self.notify(
+                message, {"skill": key, "value": value, "value_before": before, "level": level}
             )
         elif level > level_before:
-            self.notifications.append(
-                Notification(
-                    "skill.leveled",
-                    {"skill": key, "level": level, "level_before": level_before, "value": value},
-                )
+            self.notify(
+                "skill.leveled",
+                {"skill": key, "level": level, "level_before": level_before, "value": value},
             )
 
     # -- badges --------------------------------------------------------------------------
@@ -253,13 +364,11 @@ class Turn:
         if key in self.badges:
             return False
         self.badges.add(key)
-        self.badge_order.append(key)
         if key in self.ready:
-            self.ready.discard(key)
-            self.ready_order.remove(key)
+            self.ready = tuple(k for k in self.ready if k != key)
         self.awarded_now.append(key)
         self.visible = True
-        self.notifications.append(Notification("badge.awarded", {"badge": key, "reason": reason}))
+        self.notify("badge.awarded", {"badge": key, "reason": reason})
         badge = self.rulebook.badges_by_key.get(key)
         if badge is not None:
             self.pay(badge.reward, f"badge:{key}")
@@ -269,11 +378,10 @@ class Turn:
         """Report a manual badge ready (once)."""
         if key in self.ready or key in self.badges:
             return
-        self.ready.add(key)
-        self.ready_order.append(key)
+        self.ready = (*self.ready, key)
         self.ready_now.append(key)
         self.visible = True
-        self.notifications.append(Notification("badge.ready", {"badge": key}))
+        self.notify("badge.ready", {"badge": key})
 
     def pay(self, reward: Reward, reason: str) -> None:
         """Pay a reward: coins, token credits (clipped to max_balance), then its badge."""
@@ -300,54 +408,58 @@ class Turn:
     ) -> Outcome:
         """Freeze the turn into a new state and its effects."""
         base = self.base
-        streaks = self.streaks
-        state = BuddyState.model_construct(
-            user_id=base.user_id,
-            audience=base.audience,
-            rulebook_version=base.rulebook_version,
-            timezone=base.timezone,
-            hatched_at=base.hatched_at,
-            stage=self.stage,
-            coins=self.coins,
-            tokens={k: v for k, v in self.tokens.items() if v or k in base.tokens},
-            skills=self.skills,
-            badges=tuple(self.badge_order),
-            badges_ready=tuple(self.ready_order),
-            counters=self.counters,
-            streaks=streaks,
-            rule_usage=self.rule_usage,
-            paths=self.paths,
-            gates=tuple(self.gates),
-            decay_applied=self.decay_applied,
-            evolution_notified=self.evolution_notified,
-            last_event_at=last_event_at if last_event_at is not None else base.last_event_at,
-            events_applied=base.events_applied + (1 if count_event else 0),
+        if self._tokens_changed:
+            base_tokens = base.tokens
+            tokens = {k: v for k, v in self.tokens.items() if v or k in base_tokens}
+        else:
+            tokens = base.tokens
+        awarded = self.awarded_now
+        state = BuddyState.trusted(
+            {
+                "user_id": base.user_id,
+                "audience": base.audience,
+                "rulebook_version": base.rulebook_version,
+                "timezone": base.timezone,
+                "hatched_at": base.hatched_at,
+                "stage": self.stage,
+                "coins": self.coins,
+                "tokens": tokens,
+                "skills": self.skills,
+                "badges": (*base.badges, *awarded) if awarded else base.badges,
+                "badges_ready": self.ready,
+                "counters": self.counters,
+                "streaks": self.streaks,
+                "rule_usage": self.rule_usage,
+                "paths": self.paths,
+                "gates": self.gates,
+                "decay_applied": self.decay_applied,
+                "evolution_notified": self.evolution_notified,
+                "last_event_at": last_event_at if last_event_at is not None else base.last_event_at,
+                "events_applied": base.events_applied + 1 if count_event else base.events_applied,
+            }
         )
         debug_reason: str | None = None
         if debug and not (self.visible or counters_visible):
             debug_reason = (
                 "rewards_capped" if self.matched and self.clipped else "no_matching_rules"
             )
-        effects = Effects(
-            coins=self.coins_credited,
-            badges_awarded=tuple(self.awarded_now),
-            badges_ready=tuple(self.ready_now),
-            tokens=tuple(f"{k}:{v}" for k, v in self.token_credits.items()),
-            evolution_ready=self.evolution_ready,
-            streak_milestones=tuple(self.milestones),
-            debug_reason=debug_reason,
-            skills=tuple(self.skill_changes.values()),
-            streaks=tuple(self.streak_changes),
-            evolved_to=self.evolved_to,
-            paths=tuple(self.path_changes),
-            problems=tuple(self.problems),
-            rulebook_version=self.rulebook.version,
-            trace=tuple(self.trace) if self.explain else None,
+        trace = tuple(self.trace) if self.explain else None
+        # Positionally, without the frozen dataclass __init__ (see frozen_builder).
+        effects = build_effects(
+            self.coins_credited,
+            tuple(awarded),
+            tuple(self.ready_now),
+            tuple([f"{k}:{v}" for k, v in self.token_credits.items()]),
+            self.evolution_ready,
+            tuple(self.milestones),
+            debug_reason,
+            tuple(self.skill_changes.values()),
+            tuple(self.streak_changes),
+            self.evolved_to,
+            tuple(self.path_changes),
+            tuple(self.problems),
+            False,
+            self.rulebook.version,
+            trace,
         )
-        return Outcome(
-            state=state,
-            effects=effects,
-            trace=tuple(self.trace) if self.explain else None,
-            ledger=tuple(self.ledger),
-            notifications=tuple(self.notifications),
-        )
+        return _build_outcome(state, effects, trace, tuple(self.ledger), tuple(self.notifications))

@@ -114,6 +114,15 @@ class CoinRule:
     weekly_cap: int | None
     total_limit: int | None
 
+    @property
+    def limited(self) -> bool:
+        """Whether the rule has a period cap or a total limit (its credits are counted)."""
+        return (
+            self.daily_cap is not None
+            or self.weekly_cap is not None
+            or (self.total_limit is not None)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SkillRule:
@@ -141,6 +150,11 @@ class TokenRule:
     audience: str | None
     daily_cap: int | None
     weekly_cap: int | None
+
+    @property
+    def limited(self) -> bool:
+        """Whether the rule has a period cap (its credits are counted)."""
+        return self.daily_cap is not None or self.weekly_cap is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +201,7 @@ class SubStep:
     key: str
     completion: Expression | None
     allow_manual_complete: bool
+    ref: str = ""  # "step/sub_step", as kept in PathState.sub_steps_done
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +298,16 @@ class Rulebook:
     def badges_by_key(self) -> Mapping[str, Badge]:
         """Badges by key."""
         return {b.key: b for b in self.badges}
+
+    @cached_property
+    def token_zeros(self) -> Mapping[str, int]:
+        """Every declared token at 0 (the base of the ``tokens`` name conditions read)."""
+        return dict.fromkeys(self.tokens, 0)
+
+    @cached_property
+    def streak_keys(self) -> tuple[str, ...]:
+        """Streak keys in rulebook order."""
+        return tuple(s.key for s in self.streaks)
 
     @property
     def default_audience(self) -> str | None:
@@ -582,6 +607,7 @@ def compile_rulebook(spec: RulebookSpec) -> Rulebook:
                         f"{spath}.sub_steps[{k}].completion_condition", ss.completion_condition
                     ),
                     allow_manual_complete=ss.allow_manual_complete,
+                    ref=f"{sp.key}/{ss.key}",
                 )
                 for k, ss in enumerate(sp.sub_steps)
             )
