@@ -157,3 +157,33 @@ def test_a_failing_badge_condition_is_reported_once_per_event() -> None:
     effects = Buddy.hatch(rb).send("lesson", at())
     assert effects.badges_awarded == ("first",)
     assert [p["rule"] for p in effects.problems] == ["p"]
+
+
+def test_a_reward_naming_a_manual_badge_makes_it_ready_not_awarded() -> None:
+    import buddyrules as br
+    from buddyrules.engine.admin import admin_award_badge
+
+    rb = br.load_rulebook(
+        {
+            "name": "manual-reward",
+            "audiences": ["student"],
+            "event_types": {"student": ["login"]},
+            "streaks": [
+                {
+                    "key": "daily",
+                    "events": ["login"],
+                    "milestones": [{"count": 1, "reward": {"badge": "vip"}}],
+                }
+            ],
+            "badges": [{"key": "vip", "mode": "manual", "reward": {"coins": 7}}],
+        }
+    )
+    state = br.new_buddy(rb, "u")
+    out = br.evaluate(
+        rb, state, {"user_id": "u", "type": "login", "occurred_at": "2026-01-05T10:00:00Z"}
+    )
+    assert out.effects.badges_ready == ("vip",)
+    assert out.effects.badges_awarded == ()
+    assert out.state.badges == () and out.state.badges_ready == ("vip",)
+    awarded = admin_award_badge(rb, out.state, "vip")
+    assert awarded.state.badges == ("vip",) and awarded.effects.coins == 7

@@ -105,13 +105,13 @@ def test_problems_can_fail_the_check_and_shrink() -> None:
     assert info.value.events[-1]["type"] == "review"
 
 
-def test_a_manual_badge_paid_by_a_milestone_is_found() -> None:
-    with pytest.raises(RulebookCheckFailed) as info:
-        check_rulebook(MANUAL_BY_REWARD, max_examples=40)
-    failure = info.value
-    assert failure.invariant == "manual_badges_need_an_admin"
-    assert [e["type"] for e in failure.events] == ["login", "login", "login"]
-    assert "staff_pick" in failure.message
+def test_a_manual_badge_named_by_a_milestone_waits_for_an_admin() -> None:
+    # The engine makes a manual badge named by a reward *ready* (never awarded without an
+    # admin), so `manual_badges_need_an_admin` holds; the attentive admin of `play` then
+    # awards it, so it is reached.
+    report = check_rulebook(MANUAL_BY_REWARD, max_examples=40)
+    assert "staff_pick" not in {u.key for u in report.unreached_badges}
+    assert "manual_badges_need_an_admin" in report.invariants
 
 
 def test_a_user_invariant_may_return_false() -> None:

@@ -384,13 +384,21 @@ class Turn:
         self.notify("badge.ready", {"badge": key})
 
     def pay(self, reward: Reward, reason: str) -> None:
-        """Pay a reward: coins, token credits (clipped to max_balance), then its badge."""
+        """Pay a reward: coins, token credits (clipped to max_balance), then its badge.
+
+        A manual badge named by a reward is made ready, not awarded: manual badges are only
+        ever awarded by an admin.
+        """
         if reward.coins:
             self.credit_coins(reward.coins, reason)
         for key, amount in reward.tokens:
             self.credit_token(key, amount, reason)
         if reward.badge is not None:
-            self.award_badge(reward.badge, reason)
+            badge = self.rulebook.badges_by_key.get(reward.badge)
+            if badge is not None and badge.mode == "manual":
+                self.mark_ready(reward.badge)
+            else:
+                self.award_badge(reward.badge, reason)
 
     # -- results -------------------------------------------------------------------------
 
