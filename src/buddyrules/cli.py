@@ -1244,10 +1244,19 @@ def simulate(args: tuple[str, ...]) -> None:
 @click.argument("rules", nargs=-1, required=True, metavar="RULES...")
 @click.option("--examples", type=click.IntRange(min=1), help="Histories to generate per rulebook.")
 @click.option("--seed", type=int, help="Seed, for a reproducible run.")
-def check(rules: tuple[str, ...], examples: int | None, seed: int | None) -> None:
+@click.option(
+    "--fail-on-problems",
+    is_flag=True,
+    help="Fail when a condition or amount cannot be evaluated on some generated event.",
+)
+def check(
+    rules: tuple[str, ...], examples: int | None, seed: int | None, fail_on_problems: bool
+) -> None:
     """Property-check rulebooks: generate event histories and test the invariants."""
     glue = _glue("buddyrules.testing.check", "cli_check", "check")
     kwargs: dict[str, Any] = {"seed": seed}
+    if fail_on_problems:
+        kwargs["fail_on_problems"] = True
     if examples is not None:
         kwargs["examples"] = examples
     _exit_with(glue(list(rules), **kwargs))

@@ -8,7 +8,7 @@ import pytest
 
 from buddyrules.testing.check import cli_check
 
-from .rulebooks import MANUAL_BY_REWARD, REFERENCE, write_yaml
+from .rulebooks import BAD_AMOUNTS, REFERENCE, STACKING, write_yaml
 
 
 def test_a_sound_rulebook_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -22,13 +22,17 @@ def test_a_sound_rulebook_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_a_broken_invariant_exits_1_with_the_counterexample(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    good = write_yaml(tmp_path / "reference.yaml", REFERENCE)
-    bad = write_yaml(tmp_path / "manual.yaml", MANUAL_BY_REWARD)
-    assert cli_check([good, bad], examples=20, seed=7) == 1
+    # STACKING has no expressions, so nothing in it can fail to evaluate.
+    good = write_yaml(tmp_path / "stacking.yaml", STACKING)
+    bad = write_yaml(tmp_path / "amounts.yaml", BAD_AMOUNTS)
+    # Without the flag an evaluation problem is reported, not failed.
+    assert cli_check([bad], examples=20, seed=7) == 0
+    capsys.readouterr()
+    assert cli_check([good, bad], examples=20, seed=7, fail_on_problems=True) == 1
     out = capsys.readouterr().out
     assert "all invariants hold" in out  # the good one still reports
     assert f"{bad}: FAILED" in out
-    assert "breaks invariant `manual_badges_need_an_admin`" in out
+    assert "breaks invariant `no_evaluation_problems`" in out
     assert "occurred_at" in out and "->" in out
     assert "reproduce with seed=7" in out
 

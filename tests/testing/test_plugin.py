@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from .rulebooks import (
-    MANUAL_BY_REWARD,
+    BAD_AMOUNTS,
     PLUGIN_MODULE,
     PLUGIN_REGISTERED,
     REFERENCE,
@@ -67,16 +67,21 @@ def test_the_fixture_fails_with_the_shrunk_history(pytester: pytest.Pytester) ->
 
 def test_the_option_collects_one_item_per_rulebook(pytester: pytest.Pytester) -> None:
     rules = pytester.mkdir("rules")
-    _good_rulebook(rules)
-    write_yaml(rules / "manual.yaml", MANUAL_BY_REWARD)
+    write_yaml(rules / "good.yaml", STACKING)  # no expressions: nothing can fail to evaluate
+    write_yaml(rules / "amounts.yaml", BAD_AMOUNTS)
     result = pytester.runpytest(
-        *PLUGIN, *FEW, "--buddyrules", "rules/good.yaml", "rules/manual.yaml"
+        *PLUGIN,
+        *FEW,
+        "--buddyrules-fail-on-problems",
+        "--buddyrules",
+        "rules/good.yaml",
+        "rules/amounts.yaml",
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*breaks invariant `manual_badges_need_an_admin`*",
-            "*FAILED rules/manual.yaml::buddyrules_check*",
+            "*breaks invariant `no_evaluation_problems`*",
+            "*FAILED rules/amounts.yaml::buddyrules_check*",
         ]
     )
 

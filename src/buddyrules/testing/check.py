@@ -599,13 +599,16 @@ def cli_check(
     *,
     examples: int = 100,
     seed: int | None = None,
+    fail_on_problems: bool = False,
     echo: Callable[..., None] | None = None,
 ) -> int:
     """What ``buddyrules check RULES...`` does; returns the exit code.
 
     Prints, for each rulebook, ``all invariants hold over N histories`` and the report (exit
     0), or the shrunk counterexample as a table with the invariant it broke (exit 1). A
-    rulebook that does not load also exits 1, with its problems.
+    rulebook that does not load also exits 1, with its problems. With
+    ``fail_on_problems``, an expression that cannot be evaluated on some generated event is a
+    failure too (invariant ``no_evaluation_problems``).
     """
     if echo is None:
         import click
@@ -614,7 +617,9 @@ def cli_check(
     code = 0
     for path in paths:
         try:
-            report = check_rulebook(path, max_examples=examples, seed=seed)
+            report = check_rulebook(
+                path, max_examples=examples, seed=seed, fail_on_problems=fail_on_problems
+            )
         except RulebookCheckFailed as failure:
             echo(f"{os.fspath(path)}: FAILED")
             echo(str(failure))

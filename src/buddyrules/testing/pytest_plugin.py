@@ -66,7 +66,8 @@ _DEFAULT_EXAMPLES = 100
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Add ``--buddyrules``, ``--buddyrules-examples`` and ``--buddyrules-seed``."""
+    """Add ``--buddyrules``, ``--buddyrules-examples``, ``--buddyrules-seed`` and
+    ``--buddyrules-fail-on-problems``."""
     group = parser.getgroup("buddyrules", "buddyrules rulebook checks")
     group.addoption(
         "--buddyrules",
@@ -92,6 +93,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         dest="buddyrules_seed",
         help="a seed for random but reproducible checks (default: derandomized)",
+    )
+    group.addoption(
+        "--buddyrules-fail-on-problems",
+        action="store_true",
+        default=False,
+        dest="buddyrules_fail_on_problems",
+        help="fail a rulebook check when any condition or amount cannot be evaluated",
     )
 
 
@@ -148,6 +156,7 @@ class RulebookItem(pytest.Item):
             self.path,
             max_examples=self.config.getoption("buddyrules_examples"),
             seed=self.config.getoption("buddyrules_seed"),
+            fail_on_problems=self.config.getoption("buddyrules_fail_on_problems"),
         )
         self.add_report_section("call", "buddyrules", report.summary())
 
