@@ -126,19 +126,27 @@ def evaluate(
             {"fields": {"audience": "does not match the buddy"}},
         )
     event_type = ev.type
-    local_day = local_date(occurred_at, buddy_zone(rulebook, state))
-    ctx = EventContext(event_type, audience, occurred_at, local_day)
+    tz = zone(state.timezone) if state.timezone else rulebook.tz
+    ctx = EventContext(event_type, audience, occurred_at, local_date(occurred_at, tz))
     turn = Turn(rulebook, state, explain)
-    turn.build_namespace(
-        {
+    if explain or rulebook.reads_event_time:
+        event_ns = {
             "type": event_type,
             "audience": audience,
             "user_id": ev.user_id,
             "occurred_at": occurred_at.isoformat(),
             "properties": ev.properties,
-        },
-        audience,
-    )
+        }
+    else:
+        # Rendering the time costs more than a rule: only done when something can read it
+        # (no expression of this rulebook reads ``event.occurred_at``, see reads_event_time).
+        event_ns = {
+            "type": event_type,
+            "audience": audience,
+            "user_id": ev.user_id,
+            "properties": ev.properties,
+        }
+    turn.build_namespace(event_ns, audience)
 
     # 1. counters
     counters = turn.counters

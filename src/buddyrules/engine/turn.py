@@ -198,12 +198,10 @@ class Turn:
         skills = self.skills
         streaks = self.streaks
         skills_ns = {}
-        for key, skill in rb.skills.items():
+        for key, points_per_level, max_level in rb.skill_levels:
             value = skills.get(key, 0)
-            skills_ns[key] = {
-                "value": value,
-                "level": min(skill.max_level, value // skill.points_per_level),
-            }
+            level = value // points_per_level
+            skills_ns[key] = {"value": value, "level": level if level < max_level else max_level}
         streaks_ns = {}
         for key in rb.streak_keys:
             s = streaks.get(key)
@@ -276,7 +274,12 @@ class Turn:
         if ns:
             ns["coins"] = coins
         self.ledger.append(_tuple_new(LedgerEntry, ("coins", amount, coins, reason)))
-        self.notify("coins.earned", {"amount": amount, "balance": coins, "reason": reason})
+        self.notifications.append(
+            _tuple_new(
+                Notification,
+                ("coins.earned", {"amount": amount, "balance": coins, "reason": reason}),
+            )
+        )
 
     def debit_coins(self, amount: int, reason: str) -> None:
         """Debit coins; the caller has checked the balance."""
@@ -308,8 +311,14 @@ class Turn:
         credits[key] = credits.get(key, 0) + amount
         self.visible = True
         self.ledger.append(_tuple_new(LedgerEntry, (f"token:{key}", amount, balance, reason)))
-        self.notify(
-            "token.earned", {"token": key, "amount": amount, "balance": balance, "reason": reason}
+        self.notifications.append(
+            _tuple_new(
+                Notification,
+                (
+                    "token.earned",
+                    {"token": key, "amount": amount, "balance": balance, "reason": reason},
+                ),
+            )
         )
         return amount
 
@@ -422,13 +431,11 @@ class Turn:
         else:
             tokens = base.tokens
         awarded = self.awarded_now
+        # The base's values in field order, then what a turn can change (same keys, so the
+        # order is kept).
         state = BuddyState.trusted(
             {
-                "user_id": base.user_id,
-                "audience": base.audience,
-                "rulebook_version": base.rulebook_version,
-                "timezone": base.timezone,
-                "hatched_at": base.hatched_at,
+                **base.__dict__,
                 "stage": self.stage,
                 "coins": self.coins,
                 "tokens": tokens,
@@ -452,20 +459,23 @@ class Turn:
                 "rewards_capped" if self.matched and self.clipped else "no_matching_rules"
             )
         trace = tuple(self.trace) if self.explain else None
-        # Positionally, without the frozen dataclass __init__ (see frozen_builder).
+        token_credits = self.token_credits
+        skill_changes = self.skill_changes
+        # Positionally, without the frozen dataclass __init__ (see frozen_builder). Most
+        # lists are empty: ``()`` skips a call.
         effects = build_effects(
             self.coins_credited,
-            tuple(awarded),
-            tuple(self.ready_now),
-            tuple([f"{k}:{v}" for k, v in self.token_credits.items()]),
+            tuple(awarded) if awarded else (),
+            tuple(self.ready_now) if self.ready_now else (),
+            tuple([f"{k}:{v}" for k, v in token_credits.items()]) if token_credits else (),
             self.evolution_ready,
-            tuple(self.milestones),
+            tuple(self.milestones) if self.milestones else (),
             debug_reason,
-            tuple(self.skill_changes.values()),
-            tuple(self.streak_changes),
+            tuple(skill_changes.values()) if skill_changes else (),
+            tuple(self.streak_changes) if self.streak_changes else (),
             self.evolved_to,
-            tuple(self.path_changes),
-            tuple(self.problems),
+            tuple(self.path_changes) if self.path_changes else (),
+            tuple(self.problems) if self.problems else (),
             False,
             self.rulebook.version,
             trace,

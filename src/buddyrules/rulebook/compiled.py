@@ -309,6 +309,44 @@ class Rulebook:
         """Streak keys in rulebook order."""
         return tuple(s.key for s in self.streaks)
 
+    @cached_property
+    def expressions(self) -> tuple[Expression, ...]:
+        """Every compiled expression of the rulebook (conditions and amounts)."""
+        found: list[Expression | None] = []
+        for rule in self.coin_rules:
+            found += [rule.when, rule.amount.expr, *(cond for cond, _ in rule.multipliers)]
+        for srule in self.skill_rules:
+            found += [srule.when, srule.amount.expr]
+        for trule in self.token_rules:
+            found += [trule.when, trule.amount.expr]
+        found += [badge.when for badge in self.badges]
+        found += [stage.when for stage in self.stages]
+        for path in self.paths:
+            for step in path.steps:
+                found += [step.unlock, step.completion]
+                found += [sub.completion for sub in step.sub_steps]
+        return tuple(e for e in found if e is not None)
+
+    @cached_property
+    def reads_event_time(self) -> bool:
+        """Whether any expression can read ``event.occurred_at`` (or the whole ``event``).
+
+        The engine renders the event time as text for the condition namespace only when
+        something can read it. ``Expression.reads`` lists every namespace path an
+        expression reads, so a rulebook whose expressions never read the time cannot tell.
+        """
+        untimed = ("event.type", "event.audience", "event.user_id", "props")
+        return any(
+            read.startswith("event") and not read.startswith(untimed)
+            for expression in self.expressions
+            for read in expression.reads
+        )
+
+    @cached_property
+    def skill_levels(self) -> tuple[tuple[str, int, int], ...]:
+        """``(key, points_per_level, max_level)`` per skill, in rulebook order (hot path)."""
+        return tuple((s.key, s.points_per_level, s.max_level) for s in self.skills.values())
+
     @property
     def default_audience(self) -> str | None:
         """The only audience when there is exactly one, else ``None``."""
