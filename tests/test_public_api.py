@@ -31,6 +31,7 @@ INTENDED = {
     "Rulebook",
     "RulebookError",
     "SQLiteStore",
+    "SimulationReport",
     "StoreError",
     "UnknownAudience",
     "ValidationFailed",
@@ -41,6 +42,7 @@ INTENDED = {
     "load_rulebook",
     "new_buddy",
     "rulebook_json_schema",
+    "simulate",
 }
 
 

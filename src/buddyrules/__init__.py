@@ -33,6 +33,7 @@ from buddyrules.rulebook import (
     rulebook_json_schema,
 )
 from buddyrules.service import Engine, GateResult
+from buddyrules.simulate import SimulationReport, simulate
 from buddyrules.state import BuddyState
 from buddyrules.storage.memory import MemoryStore
 from buddyrules.storage.postgres import PostgresStore
@@ -67,6 +68,7 @@ __all__ = [
     "Rulebook",
     "RulebookError",
     "SQLiteStore",
+    "SimulationReport",
     "StoreError",
     "UnknownAudience",
     "ValidationFailed",
@@ -77,4 +79,5 @@ __all__ = [
     "load_rulebook",
     "new_buddy",
     "rulebook_json_schema",
+    "simulate",
 ]
