@@ -133,3 +133,21 @@ def test_effects_wire_and_camel_shapes() -> None:
     assert Effects.from_wire(wire) == eff
     assert eff.token_amounts() == {"gems": 5}
     assert eff.as_replayed().replayed is True
+
+
+def test_fingerprint_format_is_pinned() -> None:
+    # Receipts persist fingerprints in SQLite/PostgreSQL: a changed format would turn every
+    # retried event after an upgrade into an idempotency conflict. Change it only with a
+    # migration.
+    ev = Event.from_dict(
+        {
+            "user_id": "u1",
+            "type": "lesson_completed",
+            "properties": {"score": 0.5, "b": [1, "x"]},
+            "occurred_at": "2026-03-01T10:00:00Z",
+        }
+    )
+    assert ev.fingerprint("student") == PINNED_FINGERPRINT
+
+
+PINNED_FINGERPRINT = "891f009cc868d120fd0af653a710cbd73518b55861e18161af1aeede8d3956d6"

@@ -10,11 +10,16 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from json.encoder import (  # type: ignore[attr-defined]
+    c_make_encoder,
+    encode_basestring,
+)
 from typing import Any
 
+from buddyrules.effects import frozen_builder
 from buddyrules.errors import ValidationFailed
 
 __all__ = ["Event", "parse_timestamp"]
@@ -23,7 +28,40 @@ _TYPE_RE = re.compile(r"[a-z][a-z0-9_]*")
 _AUDIENCE_RE = re.compile(r"[a-z][a-z0-9_]*")
 _CAMEL_RE = re.compile(r"(?<!^)(?=[A-Z])")
 _FIELDS = ("event_id", "user_id", "type", "audience", "properties", "occurred_at")
+_FIELD_SET = frozenset(_FIELDS)
 _CAMEL = {"eventId": "event_id", "userId": "user_id", "occurredAt": "occurred_at"}
+
+# Strings known to match ``[a-z][a-z0-9_]*`` (event types and audiences repeat endlessly, so
+# the fast path of ``from_dict`` checks a set instead of running the regex). Bounded, so
+# that a stream of distinct names cannot grow it without limit; lengths are checked apart.
+_SNAKE_NAMES: set[str] = set()
+_SNAKE_NAMES_MAX = 4096
+
+# The fingerprint's canonical JSON (sorted keys at every level, no whitespace, raw UTF-8).
+# ``json.dumps`` with options builds a new encoder on every call; the C encoder is built
+# once instead. It checks no cycles (markers=None): validated properties have none (and
+# ``_is_json`` bounds their depth).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_canonical_chunks: Callable[[Any, int], Sequence[str]] | None = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None, _CANONICAL.default, encode_basestring, None, ":", ",", True, False, True
+    )
+)
+
+
+def _canonical_json(value: Any) -> str:
+    if _canonical_chunks is None:  # no C accelerator (e.g. PyPy): the same text, slower
+        return _CANONICAL.encode(value)
+    return "".join(_canonical_chunks(value, 0))
+
+
+_blake2b = hashlib.blake2b  # in CPython itself: cheaper to set up than OpenSSL's SHA-256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_fromisoformat = datetime.fromisoformat
+_isfinite = math.isfinite
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -88,6 +126,12 @@ class Event:
         Raises :class:`ValidationFailed` with ``details["fields"]`` mapping each failing field
         path to its problem.
         """
+        if type(data) is dict and data.keys() <= _FIELD_SET and cls is Event:
+            # Already snake_case (the wire shape): no renaming, no duplicates possible.
+            event = _fast_event(data)
+            if event is not None:
+                return event
+            return cls._validated(data, {})
         if not isinstance(data, Mapping):
             raise ValidationFailed(
                 "an event must be a JSON object",
@@ -148,13 +192,10 @@ class Event:
                 "invalid event: " + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items())),
                 {"fields": dict(sorted(errors.items()))},
             )
-        return cls(
-            user_id=norm["user_id"],
-            type=norm["type"],
-            event_id=event_id,
-            audience=audience,
-            properties=dict(props),
-            occurred_at=occurred_at,
+        if cls is not Event:
+            return cls(norm["user_id"], norm["type"], event_id, audience, dict(props), occurred_at)
+        return _build_event(
+            norm["user_id"], norm["type"], event_id, audience, dict(props), occurred_at
         )
 
     @classmethod
@@ -186,14 +227,92 @@ class Event:
         """The idempotency fingerprint: user, type, audience, properties, and occurred_at.
 
         ``audience`` overrides the event's own (the service passes the resolved audience).
+        It is the BLAKE2b-256 digest (64 hex digits) of the canonical JSON array
+        ``[user_id, type, audience, properties, occurred_at]`` (sorted keys, no whitespace,
+        UTF-8; ``occurred_at`` as integer microseconds since the Unix epoch, so every spelling
+        of one instant is the same, or ``null`` when not given). It depends on nothing but
+        those values: the same in every process and release, as receipts keep it.
         """
-        payload = {
-            "u": self.user_id,
-            "t": self.type,
-            "a": audience if audience is not None else self.audience,
-            "p": self.properties,
-        }
-        if with_time and self.occurred_at is not None:
-            payload["o"] = self.occurred_at.astimezone(UTC).isoformat()
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        at = self.occurred_at
+        stamp = (at - _EPOCH) // _MICROSECOND if with_time and at is not None else None
+        text = _canonical_json(
+            [
+                self.user_id,
+                self.type,
+                audience if audience is not None else self.audience,
+                self.properties,
+                stamp,
+            ]
+        )
+        return _blake2b(text.encode("utf-8"), digest_size=32).hexdigest()
+
+
+_build_event: Callable[..., Event] = frozen_builder(Event)
+"""``Event`` from its six fields, positionally (no defaults, no validation)."""
+
+
+def _is_snake_name(value: str, max_len: int) -> bool:
+    if value in _SNAKE_NAMES:
+        return 0 < len(value) <= max_len
+    if not 0 < len(value) <= max_len or _TYPE_RE.fullmatch(value) is None:
+        return False
+    if len(_SNAKE_NAMES) < _SNAKE_NAMES_MAX:
+        _SNAKE_NAMES.add(value)
+    return True
+
+
+def _fast_event(data: dict[str, Any]) -> Event | None:
+    """The Event of a snake_case dict that is valid, else None (then validate in full).
+
+    Accepts only what :meth:`Event._validated` accepts, building the same Event; anything
+    unusual (a str subclass, a non-dict ``properties``, a bad value) is left to the full
+    validation, which also words the errors.
+    """
+    user_id = data.get("user_id")
+    if type(user_id) is not str or not 0 < len(user_id) <= 128:
+        return None
+    event_type = data.get("type")
+    if type(event_type) is not str or not _is_snake_name(event_type, 64):
+        return None
+    event_id = data.get("event_id")
+    if event_id is not None and (type(event_id) is not str or not 0 < len(event_id) <= 128):
+        return None
+    audience = data.get("audience")
+    if audience is not None and (type(audience) is not str or not _is_snake_name(audience, 32)):
+        return None
+    props = data.get("properties")
+    if props is None:
+        props = {}
+    elif type(props) is not dict:
+        return None
+    else:
+        for key, value in props.items():
+            if type(key) is not str:
+                return None
+            kind = type(value)
+            if kind is str or kind is int or kind is bool or value is None:
+                continue
+            if kind is float:
+                if not _isfinite(value):
+                    return None
+            elif not _is_json(value):
+                return None
+        props = dict(props)
+    occurred = data.get("occurred_at")
+    occurred_at: datetime | None = None
+    if occurred is not None:
+        if type(occurred) is str:
+            text = occurred.strip()
+            if not text[:1].isdigit():
+                return None
+            try:
+                occurred_at = _fromisoformat(text)
+            except ValueError:
+                return None
+        elif type(occurred) is datetime:
+            occurred_at = occurred
+        else:
+            return None
+        if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
+            return None
+    return _build_event(user_id, event_type, event_id, audience, props, occurred_at)

@@ -23,22 +23,37 @@ collections do not walk them. Records are rebuilt when read (reads are rare; com
 the hot path). Internal indexes are keyed by plain ``(user_id, audience)`` tuples, whose
 hashing is cheaper than a dataclass's.
 
+What one unit writes is kept in chunks rather than one row per record: the ledger entries of
+a unit that share buddy, reference and time are one tuple, and so are its outbox messages
+(their payloads one marshal blob); ids inside a chunk are consecutive. A store's cost per
+event is mostly the memory it keeps, so fewer, smaller objects are what make commits cheap.
+An acknowledgement finds its chunk by bisection over the chunks' first ids.
+
+The Engine writes through three extra methods of :class:`MemoryUnitOfWork`
+(:meth:`~MemoryUnitOfWork.put_effects_receipt`, :meth:`~MemoryUnitOfWork.append_ledger_entries`,
+:meth:`~MemoryUnitOfWork.append_notifications`) that take the engine's own values instead of
+record objects; they store exactly what the port's methods would, and are not part of the
+port (other stores need not have them).
+
 Units are not re-entrant: opening a second unit for the same buddy on the same thread
 deadlocks, as it would on a database.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
-import itertools
 import marshal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import fields
 from datetime import datetime
+from operator import attrgetter
 from types import TracebackType
 from typing import Any
 
+from buddyrules.effects import Effects
 from buddyrules.errors import ConflictError, StoreError
 from buddyrules.state import BuddyState
 from buddyrules.storage.protocols import (
@@ -55,8 +70,19 @@ __all__ = ["MemoryStore", "MemoryUnitOfWork"]
 # deep copy in the rare case marshal cannot hold it (e.g. a datetime inside a payload).
 _Key = tuple[str, str]  # (user_id, audience)
 _ReceiptRow = tuple[str, str, str, Any]  # fingerprint, user_id, audience, packed effects
-_LedgerRow = tuple[str, str, str, int, int, str, str | None, datetime]  # without the id
-_OutboxRow = tuple[str, str, str, Any, datetime]  # type, user_id, audience, packed payload, at
+# A unit's ledger entries that share buddy, reference and time, kept together: a chunk is
+# one tuple per unit however many entries the event made. ``entries`` are (currency, amount,
+# balance_after, reason) tuples; their ids are consecutive from ``first_id``.
+_Entry = tuple[str, int, int, str]
+_PendingChunk = tuple[str, str, str | None, datetime, tuple[_Entry, ...]]  # user, aud, ref, at
+_LedgerChunk = tuple[int, str, str, str | None, datetime, tuple[_Entry, ...]]  # first_id, ...
+# Outbox messages of one unit that share buddy and time are kept together too: a chunk is
+# ``[first_id, user_id, audience, at, packed, count, acked]`` where ``packed`` holds the
+# ``(type, payload)`` pairs (one marshal for them all), their ids are consecutive from
+# ``first_id``, and ``acked`` is the set of acknowledged offsets (None until the first ack).
+# A chunk leaves the pending dict when every message in it is acknowledged.
+_PendingOutbox = tuple[str, str, datetime, Any, int]  # user, audience, at, packed, count
+_OutboxChunk = list[Any]
 
 
 def _pack(value: dict[str, Any]) -> Any:
@@ -66,24 +92,56 @@ def _pack(value: dict[str, Any]) -> Any:
         return copy.deepcopy(value)
 
 
-def _unpack(packed: Any) -> dict[str, Any]:
+# A receipt written from an Effects object (the Engine's fast path) is packed as the marshal
+# of its field values, without the trace: cheaper than building the wire dict first. It is
+# rendered to the wire dict only when read back (replays are rare; sends are the hot path).
+_EFFECT_FIELDS = tuple(f.name for f in fields(Effects) if f.name != "trace")
+_effect_values = attrgetter(*_EFFECT_FIELDS)
+
+
+def _pack_effects(effects: Effects) -> Any:
+    try:
+        return marshal.dumps(_effect_values(effects))
+    except ValueError:  # a value marshal cannot hold: keep the wire dict instead
+        return _pack(effects.to_wire(include_trace=False))
+
+
+def _receipt_effects(packed: Any) -> dict[str, Any]:
     if isinstance(packed, bytes):
-        value: dict[str, Any] = marshal.loads(packed)
-        return value
+        value = marshal.loads(packed)
+        if type(value) is tuple:  # see _pack_effects
+            return Effects(**dict(zip(_EFFECT_FIELDS, value, strict=True))).to_wire(
+                include_trace=False
+            )
+        wire: dict[str, Any] = value
+        return wire
     return copy.deepcopy(packed)
 
 
 def _receipt_of(event_id: str, row: _ReceiptRow) -> Receipt:
-    return Receipt(event_id, row[0], row[1], row[2], _unpack(row[3]))
+    return Receipt(event_id, row[0], row[1], row[2], _receipt_effects(row[3]))
 
 
-def _ledger_of(ident: int, row: _LedgerRow) -> LedgerRecord:
-    user_id, audience, currency, amount, balance, reason, reference, at = row
-    return LedgerRecord(user_id, audience, currency, amount, balance, reason, reference, at, ident)
+def _ledger_of(chunks: Iterable[_LedgerChunk]) -> list[LedgerRecord]:
+    return [
+        LedgerRecord(user_id, audience, currency, amount, balance, reason, reference, at, ident)
+        for first, user_id, audience, reference, at, entries in chunks
+        for ident, (currency, amount, balance, reason) in enumerate(entries, first)
+    ]
 
 
-def _outbox_of(ident: int, row: _OutboxRow) -> OutboxMessage:
-    return OutboxMessage(row[0], row[1], row[2], _unpack(row[3]), row[4], ident)
+def _pack_messages(messages: tuple[tuple[str, dict[str, Any]], ...]) -> Any:
+    try:
+        return marshal.dumps(messages)
+    except ValueError:  # not marshal-able: keep a private copy instead
+        return copy.deepcopy(messages)
+
+
+def _unpack_messages(packed: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
+    if isinstance(packed, bytes):
+        value: tuple[tuple[str, dict[str, Any]], ...] = marshal.loads(packed)
+        return value
+    return copy.deepcopy(packed)
 
 
 def _closed() -> StoreError:
@@ -99,16 +157,27 @@ def _duplicate_receipt(event_id: str) -> ConflictError:
 class _Tenant:
     """One tenant's data. Only :class:`MemoryStore` touches it, under its mutex for writes."""
 
-    __slots__ = ("buddies", "ledger", "ledger_by_key", "outbox", "receipts", "rulebooks")
+    __slots__ = (
+        "buddies",
+        "ledger",
+        "ledger_by_key",
+        "outbox",
+        "outbox_starts",
+        "receipts",
+        "rulebooks",
+    )
 
     def __init__(self) -> None:
         self.buddies: dict[_Key, BuddyState] = {}
         self.receipts: dict[str, _ReceiptRow] = {}
         self.rulebooks: dict[str, RulebookRecord] = {}
-        self.ledger: list[tuple[int, _LedgerRow]] = []
-        self.ledger_by_key: dict[_Key, list[tuple[int, _LedgerRow]]] = {}
+        self.ledger: list[_LedgerChunk] = []
+        self.ledger_by_key: dict[_Key, list[_LedgerChunk]] = {}
         # Pending messages by id; dicts keep insertion order, so this is oldest first.
-        self.outbox: dict[int, _OutboxRow] = {}
+        self.outbox: dict[int, _OutboxChunk] = {}
+        # First ids of the chunks, ascending (an ack finds its chunk by bisection); ids of
+        # chunks acknowledged since are dropped lazily.
+        self.outbox_starts: list[int] = []
 
 
 class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
@@ -135,10 +204,11 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
         self._lock = lock
         self._open = False
         self._buddy: BuddyState | None = None
-        # Receipts keep the object too, so that reads inside the unit return it as given.
-        self._receipts: dict[str, tuple[Receipt, _ReceiptRow]] = {}
-        self._ledger: list[_LedgerRow] = []
-        self._outbox: list[_OutboxRow] = []
+        # Receipts keep the object too, so that reads inside the unit return it as given
+        # (None for one written by put_effects_receipt: read back from its row).
+        self._receipts: dict[str, tuple[Receipt | None, _ReceiptRow]] = {}
+        self._ledger: list[_PendingChunk] = []
+        self._outbox: list[_PendingOutbox] = []
 
     def __enter__(self) -> MemoryUnitOfWork:
         self._lock.acquire()
@@ -185,7 +255,7 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
             raise _closed()
         mine = self._receipts.get(event_id)
         if mine is not None:
-            return mine[0]
+            return mine[0] if mine[0] is not None else _receipt_of(event_id, mine[1])
         row = self._data.receipts.get(event_id)
         return _receipt_of(event_id, row) if row is not None else None
 
@@ -208,12 +278,9 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
                 (
                     e.user_id,
                     e.audience,
-                    e.currency,
-                    e.amount,
-                    e.balance_after,
-                    e.reason,
                     e.reference,
                     e.at,
+                    ((e.currency, e.amount, e.balance_after, e.reason),),
                 )
                 for e in entries
             ]
@@ -224,8 +291,56 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
         if not self._open:
             raise _closed()
         self._outbox.extend(
-            [(m.type, m.user_id, m.audience, _pack(m.payload), m.at) for m in messages]
+            [
+                (m.user_id, m.audience, m.at, _pack_messages(((m.type, m.payload),)), 1)
+                for m in messages
+            ]
         )
+
+    # -- the Engine's fast path -----------------------------------------------------------
+    # Not part of the UnitOfWork port: the Engine calls these instead of put_receipt,
+    # append_ledger and append_outbox when its unit is a MemoryUnitOfWork, to skip building
+    # record objects (and the receipt's wire dict) that this store would take apart again.
+    # They store exactly what the port's methods would.
+
+    def put_effects_receipt(self, event_id: str, fingerprint: str, effects: Effects) -> None:
+        """:meth:`put_receipt` of ``Receipt(event_id, fingerprint, <unit key>, effects
+        .to_wire(include_trace=False))``, without building the wire dict now."""
+        if not self._open:
+            raise _closed()
+        if event_id in self._receipts or event_id in self._data.receipts:
+            raise _duplicate_receipt(event_id)
+        user_id, audience = self._ident
+        self._receipts[event_id] = (
+            None,
+            (fingerprint, user_id, audience, _pack_effects(effects)),
+        )
+
+    def append_ledger_entries(
+        self, entries: Sequence[_Entry], reference: str | None, at: datetime
+    ) -> None:
+        """:meth:`append_ledger` of the unit's buddy: ``(currency, amount, balance_after,
+        reason)`` tuples of immutable values (the engine's ledger entries, kept as given),
+        all with one reference and time."""
+        if not self._open:
+            raise _closed()
+        if entries:
+            user_id, audience = self._ident
+            kept = entries if type(entries) is tuple else tuple(entries)
+            self._ledger.append((user_id, audience, reference, at, kept))
+
+    def append_notifications(
+        self, notifications: Iterable[tuple[str, dict[str, Any]]], at: datetime
+    ) -> None:
+        """:meth:`append_outbox` of the unit's buddy: ``(type, payload)`` pairs (the engine's
+        notifications), all at one time."""
+        if not self._open:
+            raise _closed()
+        # Plain pairs: marshal takes no tuple subclass (the engine's are named tuples).
+        messages = tuple([(kind, payload) for kind, payload in notifications])
+        if messages:
+            user_id, audience = self._ident
+            self._outbox.append((user_id, audience, at, _pack_messages(messages), len(messages)))
 
 
 class MemoryStore:
@@ -237,7 +352,7 @@ class MemoryStore:
         self._tenants: dict[str, _Tenant] = {}
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._quota: dict[tuple[str, str], int] = {}
-        self._ids = itertools.count(1)
+        self._next_id = 1  # ledger and outbox ids (taken under the mutex)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -265,24 +380,27 @@ class MemoryStore:
                 data.buddies[unit._ident] = buddy
             for event_id, pending_receipt in receipts.items():
                 committed[event_id] = pending_receipt[1]
-            ids = self._ids
+            next_id = self._next_id
             if ledger:
-                numbered = [(next(ids), row) for row in ledger]
-                data.ledger.extend(numbered)
+                chunks = data.ledger
                 by_key = data.ledger_by_key
-                own = unit._ident
-                for entry in numbered:
-                    row = entry[1]
-                    ident = own if row[0] == own[0] and row[1] == own[1] else (row[0], row[1])
-                    entries = by_key.get(ident)
-                    if entries is None:
-                        by_key[ident] = [entry]
+                for user_id, audience, reference, at, entries in ledger:
+                    chunk = (next_id, user_id, audience, reference, at, entries)
+                    next_id += len(entries)
+                    chunks.append(chunk)
+                    own = by_key.get((user_id, audience))
+                    if own is None:
+                        by_key[(user_id, audience)] = [chunk]
                     else:
-                        entries.append(entry)
+                        own.append(chunk)
             if outbox:
                 pending = data.outbox
-                for message in outbox:
-                    pending[next(ids)] = message
+                starts = data.outbox_starts
+                for user_id, audience, at, packed, count in outbox:
+                    pending[next_id] = [next_id, user_id, audience, at, packed, count, None]
+                    starts.append(next_id)
+                    next_id += count
+            self._next_id = next_id
 
     # -- units ----------------------------------------------------------------------------
 
@@ -382,10 +500,10 @@ class MemoryStore:
             return []
         with self._mutex:
             if key is None:
-                rows = list(data.ledger)
+                chunks = list(data.ledger)
             else:
-                rows = list(data.ledger_by_key.get((key.user_id, key.audience), ()))
-        return [_ledger_of(ident, row) for ident, row in rows]
+                chunks = list(data.ledger_by_key.get((key.user_id, key.audience), ()))
+        return _ledger_of(chunks)
 
     def outbox_pending(self, tenant: str, limit: int = 100) -> list[OutboxMessage]:
         """Committed, unacknowledged messages, oldest first."""
@@ -393,8 +511,21 @@ class MemoryStore:
         if data is None or limit <= 0:
             return []
         with self._mutex:
-            rows = list(itertools.islice(data.outbox.items(), limit))
-        return [_outbox_of(ident, row) for ident, row in rows]
+            chunks = []
+            room = limit
+            for chunk in data.outbox.values():
+                done = chunk[6]
+                # A copy of the acked offsets: acks may change the set once the mutex is free.
+                chunks.append((*chunk[:6], frozenset(done) if done is not None else None))
+                room -= chunk[5] - (len(done) if done is not None else 0)
+                if room <= 0:
+                    break
+        out: list[OutboxMessage] = []
+        for first, user_id, audience, at, packed, _count, acked in chunks:
+            for offset, (kind, payload) in enumerate(_unpack_messages(packed)):
+                if acked is None or offset not in acked:
+                    out.append(OutboxMessage(kind, user_id, audience, payload, at, first + offset))
+        return out[:limit]
 
     def outbox_ack(self, tenant: str, ids: Sequence[int]) -> int:
         """Acknowledge messages; returns how many were pending."""
@@ -403,9 +534,31 @@ class MemoryStore:
             return 0
         acked = 0
         with self._mutex:
+            pending = data.outbox
+            starts = data.outbox_starts
             for ident in ids:
-                if data.outbox.pop(ident, None) is not None:
-                    acked += 1
+                if not isinstance(ident, int):
+                    continue
+                at = bisect.bisect_right(starts, ident) - 1
+                if at < 0:
+                    continue
+                chunk = pending.get(starts[at])
+                if chunk is None:
+                    continue
+                offset = ident - chunk[0]
+                if offset >= chunk[5]:
+                    continue
+                done = chunk[6]
+                if done is None:
+                    done = chunk[6] = set()
+                elif offset in done:
+                    continue
+                done.add(offset)
+                acked += 1
+                if len(done) == chunk[5]:
+                    del pending[chunk[0]]
+            if len(starts) > 2 * len(pending) + 1024:
+                starts[:] = list(pending)
         return acked
 
     def close(self) -> None:
