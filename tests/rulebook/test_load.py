@@ -303,3 +303,13 @@ def test_shape_and_expression_problems_are_reported_together() -> None:
     assert "gemz" in found["coin_rules[1].when"]["message"]  # and the expressions too
     assert found["coin_rules[1].when"]["column"] is not None
     assert "ghost" in found["paths[0].steps[0].unlock_condition"]["message"]
+
+
+def test_rule_keys_are_unique_across_rule_sections() -> None:
+    doc = minimal(
+        coin_rules=[{"key": "bonus", "event": "lesson_completed", "amount": 1, "daily_cap": 5}],
+        token_rules=[{"key": "bonus", "event": "lesson_completed", "token": "gems", "amount": 1}],
+    )
+    problems = problems_of(doc)
+    [p] = [p for p in problems if p["path"] == "token_rules[0].key"]
+    assert "coin_rules" in p["message"]

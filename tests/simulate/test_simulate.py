@@ -341,13 +341,13 @@ def test_progress_true_draws_a_bar_on_stderr(capsys: pytest.CaptureFixture[str])
 
 
 def test_ambiguous_rules_fall_back_to_the_trace(events: list[dict[str, Any]]) -> None:
-    # Two skill rules raise the same skill on one event type, and a coin rule and a token
-    # rule share a key (and so their cap usage): only a trace can tell them apart.
+    # Two skill rules raise the same skill on one event type: only a trace can tell them
+    # apart. (Rule keys are unique across sections, so caps are never shared.)
     doc = tight_candidate()
     doc["skill_rules"].append({"event": "lesson_completed", "skill": "grammar", "amount": 2})
     doc["coin_rules"].append({"key": "shared", "event": "daily_login", "amount": 1, "daily_cap": 1})
     doc["token_rules"].append(
-        {"key": "shared", "event": "daily_login", "token": "gems", "amount": 1, "daily_cap": 2}
+        {"key": "shared_gems", "event": "daily_login", "token": "gems", "amount": 1, "daily_cap": 2}
     )
     inferred = simulate(events, baseline=doc, workers=1)
     exact = simulate(events, baseline=doc, workers=1, exact_rule_stats=True)

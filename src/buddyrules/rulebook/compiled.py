@@ -560,6 +560,18 @@ def compile_rulebook(spec: RulebookSpec) -> Rulebook:
             )
         )
     unique("token_rules", [r.key for r in token_rules])
+    # Cap and limit usage is kept per rule key, so a key must name one rule across the
+    # three rule sections (a coin rule and a token rule sharing a key would share caps).
+    first_section: dict[str, str] = {}
+    for section, keys in (
+        ("coin_rules", [r.key for r in coin_rules]),
+        ("skill_rules", [r.key for r in skill_rules]),
+        ("token_rules", [r.key for r in token_rules]),
+    ):
+        for i, k in enumerate(keys):
+            other = first_section.setdefault(k, section)
+            if other != section:
+                p(f"{section}[{i}].key", f"rule key {k!r} is already used in {other}")
 
     streaks: list[Streak] = []
     for i, st in enumerate(spec.streaks):
