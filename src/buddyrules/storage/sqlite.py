@@ -1058,13 +1058,7 @@ class _SQLiteUnit:
             )
             for e in entries
         ]
-        try:
-            if len(rows) == 1:
-                db.execute(_SQL_PUT_LEDGER, rows[0])
-            else:
-                db.executemany(_SQL_PUT_LEDGER, rows)
-        except sqlite3.Error as exc:
-            raise self._store._error(exc, "appending to the ledger") from exc
+        self._insert_rows(db, _SQL_PUT_LEDGER, rows, "appending to the ledger")
 
     def append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         """Append outbox messages (visible to ``outbox_pending`` once the unit commits)."""
@@ -1076,13 +1070,19 @@ class _SQLiteUnit:
             (tenant, m.type, m.user_id, m.audience, _dumps(m.payload), m.at.isoformat())
             for m in messages
         ]
+        self._insert_rows(db, _SQL_PUT_OUTBOX, rows, "appending to the outbox")
+
+    def _insert_rows(
+        self, db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]], doing: str
+    ) -> None:
+        # One row is the common case; executemany costs more than execute for it.
         try:
             if len(rows) == 1:
-                db.execute(_SQL_PUT_OUTBOX, rows[0])
+                db.execute(sql, rows[0])
             else:
-                db.executemany(_SQL_PUT_OUTBOX, rows)
+                db.executemany(sql, rows)
         except sqlite3.Error as exc:
-            raise self._store._error(exc, "appending to the outbox") from exc
+            raise self._store._error(exc, doing) from exc
 
 
 class _SQLiteGroup:
