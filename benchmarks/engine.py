@@ -57,11 +57,13 @@ ROOT = Path(__file__).resolve().parents[1]
 try:
     import buddyrules as br
     from buddyrules import Event, Rulebook
+    from buddyrules.effects import CORE_KEYS
     from buddyrules.rulebook import parse_rulebook_file
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
     import buddyrules as br
     from buddyrules import Event, Rulebook
+    from buddyrules.effects import CORE_KEYS
     from buddyrules.rulebook import parse_rulebook_file
 
 RULEBOOK = ROOT / "rules_examples" / "language_learning" / "rulebook.yaml"
@@ -695,15 +697,7 @@ def interleaved(
     return totals, hand, pure, states, big_states
 
 
-SPEC_KEYS = (
-    "coins",
-    "badges_awarded",
-    "badges_ready",
-    "tokens",
-    "evolution_ready",
-    "streak_milestones",
-    "debug_reason",
-)
+SPEC_KEYS = CORE_KEYS
 
 
 def check_same_contract(rb: Rulebook, events: list[Event]) -> int:

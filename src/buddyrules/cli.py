@@ -32,7 +32,7 @@ import yaml
 from pydantic import ValidationError
 
 from buddyrules import __version__
-from buddyrules.effects import Effects
+from buddyrules.effects import CORE_KEYS, Effects
 from buddyrules.engine import evaluate, new_buddy
 from buddyrules.errors import (
     BuddyRulesError,
@@ -922,15 +922,7 @@ def _trace_lines(trace: Sequence[Any]) -> list[str]:
 
 def _effects_lines(effects: Effects) -> list[str]:
     wire = effects.to_wire(include_trace=False)
-    core = [
-        "coins",
-        "badges_awarded",
-        "badges_ready",
-        "tokens",
-        "evolution_ready",
-        "streak_milestones",
-        "debug_reason",
-    ]
+    core = CORE_KEYS
     out: list[str] = []
     width = max(len(k) for k in wire)
     for key in core:

@@ -6,7 +6,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-__all__ = ["Effects", "frozen_builder"]
+__all__ = ["CORE_KEYS", "Effects", "frozen_builder"]
+
+#: The SPEC §2 keys every effects record carries on the wire, in their documented order.
+CORE_KEYS: tuple[str, ...] = (
+    "coins",
+    "badges_awarded",
+    "badges_ready",
+    "tokens",
+    "evolution_ready",
+    "streak_milestones",
+    "debug_reason",
+)
 
 _T = TypeVar("_T")
 
