@@ -24,8 +24,8 @@ All implementations see the same :class:`buddyrules.Event` objects in the same o
 
 The run checks that all give the same coins for every user (and the same total), then
 prints events/s for each and both ratios (target: buddyrules at most 2x slower). A fourth
-implementation runs the engine on a rulebook ten times larger (many extra rules and streaks
-bound to other event types, the same matching rules) to show that the cost follows the
+implementation runs the engine on a rulebook ten times larger (many extra rules, streaks and
+badges bound to other event types, the same matching rules) to show that the cost follows the
 rules that can match, not the rulebook's size.
 
 Timing: the four run interleaved, chunk by chunk over the same event stream, and each is
@@ -102,7 +102,7 @@ def workload(users: int, per_user: int, seed: int = 7) -> list[Event]:
 
 
 def large_rulebook(extra_types: int = 65, extra_streaks: int = 12) -> Rulebook:
-    """The language rulebook plus many rules and streaks bound to other event types."""
+    """The language rulebook plus many rules, streaks and badges bound to other event types."""
     doc = parse_rulebook_file(RULEBOOK)
     doc = copy.deepcopy(doc)
     extra = [f"extra_{i:02d}" for i in range(extra_types)]
@@ -119,6 +119,9 @@ def large_rulebook(extra_types: int = 65, extra_streaks: int = 12) -> Rulebook:
         )
         doc["skill_rules"].append({"event": type_, "skill": "grammar", "amount": 1})
         doc["token_rules"].append({"event": type_, "token": "gems", "amount": 1, "weekly_cap": 10})
+        doc["badges"].append(
+            {"key": f"x_badge_{i}", "when": f"event_count({type_}) >= 3", "reward": {"coins": 5}}
+        )
     for i in range(extra_streaks):
         doc["streaks"].append(
             {

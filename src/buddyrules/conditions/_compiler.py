@@ -843,6 +843,11 @@ class Expression:
             return 0, f"negative amount {short_repr(value)}"
         return whole, None
 
+    @property
+    def read_paths(self) -> tuple[tuple[str, ...], ...]:
+        """The paths in ``reads`` as key tuples, e.g. ``("skills", "grammar", "level")``."""
+        return tuple(path for _, path in self._paths)
+
     def read_values(self, ns: Namespace) -> dict[str, Any]:
         """For explain traces: each path in ``reads`` -> its value, or ``"<missing>"``.
 

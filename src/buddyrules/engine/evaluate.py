@@ -25,9 +25,10 @@ from buddyrules.engine.paths import evaluate_paths
 from buddyrules.engine.periods import local_date, zone
 from buddyrules.engine.rules import apply_coin_rules, apply_skill_rules, apply_token_rules
 from buddyrules.engine.streaks import apply_streaks
-from buddyrules.engine.turn import Outcome, Turn
+from buddyrules.engine.turn import Outcome, Turn, settled_carry
 from buddyrules.errors import ValidationFailed
 from buddyrules.events import Event
+from buddyrules.rulebook._deps import ALWAYS, DependencyIndex
 from buddyrules.rulebook.compiled import Rulebook
 from buddyrules.state import BuddyState, PathState
 
@@ -165,6 +166,17 @@ def evaluate(
     token_rules = rulebook.token_rules_by_type.get(event_type)
     if token_rules:
         apply_token_rules(turn, token_rules, ctx)
+    # Steps 4 and 5 test only the conditions whose inputs changed when the input state
+    # was settled by an earlier evaluate under this rulebook (see _changed_by_rules).
+    index = rulebook.dependencies
+    watching = index.worthwhile
+    if watching:
+        if not explain:
+            carried = settled_carry(rulebook, state)
+            if carried is not None:
+                turn.dirty = _changed_by_rules(turn, state, event_type, carried, index)
+        coins, badges, stage = turn.coins, len(turn.badges), turn.stage
+        tokens = [turn.tokens.get(key, 0) for key, _ in index.watch_tokens]
     # 4. paths
     if rulebook.paths:
         evaluate_paths(turn, audience)
@@ -179,4 +191,64 @@ def evaluate(
     return turn.finish(
         last_event_at=occurred_at if last is None or occurred_at > last else last,
         count_event=True,
+        carry=_changed_late(turn, index, coins, tokens, badges, stage) if watching else None,
     )
+
+
+def _changed_by_rules(
+    turn: Turn, base: BuddyState, event_type: str, carried: int, index: DependencyIndex
+) -> int:
+    """The watched state parts steps 1-3 changed, plus those carried over, as a bit mask.
+
+    A badge or path condition that reads only the buddy's state and cannot fail (see
+    :class:`~buddyrules.rulebook._deps.DependencyIndex`) was tested at the end of the
+    previous evaluate and acted upon if it held. If none of the parts it reads changed
+    since (and none is carried: changed after it was tested), it still gives the same
+    answer, so it need not be tested again.
+    """
+    dirty = carried | ALWAYS | index.watch_counters.get(event_type, 0)
+    if index.watch_coins and turn.coins != base.coins:
+        dirty |= index.watch_coins
+    if turn._tokens_changed and index.watch_tokens:
+        base_tokens = base.tokens
+        tokens = turn.tokens
+        for key, bit in index.watch_tokens:
+            if tokens.get(key, 0) != base_tokens.get(key, 0):
+                dirty |= bit
+    if turn.skill_changes and index.watch_skills:
+        watch = index.watch_skills
+        for key in turn.skill_changes:
+            dirty |= watch.get(key, 0)
+    streaks = turn.streaks
+    if streaks is not base.streaks and index.watch_streaks:
+        base_streaks = base.streaks
+        for key, bit in index.watch_streaks:
+            if streaks.get(key) is not base_streaks.get(key):
+                dirty |= bit
+    if turn.awarded_now:
+        dirty |= index.watch_badges
+    return dirty
+
+
+def _changed_late(
+    turn: Turn, index: DependencyIndex, coins: int, tokens: list[int], badges: int, stage: int
+) -> int:
+    """The watched parts steps 4-6 changed (rewards, awards, evolution): the next carry.
+
+    A condition tested in step 4 or 5 may read a part that a later reward or the evolution
+    changed in the same event; it was not tested on the final value, so the next evaluate
+    must test it whatever that event changes.
+    """
+    late = 0
+    if turn.coins != coins:
+        late |= index.watch_coins
+    if len(turn.badges) != badges:
+        late |= index.watch_badges
+    if turn.stage != stage:
+        late |= index.watch_stage
+    if index.watch_tokens:
+        current = turn.tokens
+        for (key, bit), before in zip(index.watch_tokens, tokens, strict=True):
+            if current.get(key, 0) != before:
+                late |= bit
+    return late

@@ -29,7 +29,13 @@ def _holds(turn: Turn, step: Step, which: str) -> bool:
 
 def evaluate_paths(turn: Turn, audience: str) -> None:
     """Advance every path of the buddy's audience as far as its conditions allow."""
-    for path in turn.rulebook.paths:
+    dirty = turn.dirty
+    masks = turn.rulebook.dependencies.path_masks
+    for index, path in enumerate(turn.rulebook.paths):
+        if dirty is not None and not masks[index] & dirty:
+            # Settled input state: a path whose conditions read none of the changed parts
+            # cannot move (see evaluate._changed_by_rules).
+            continue
         if path.audience is not None and path.audience != audience:
             if turn.explain:
                 turn.trace.append(
@@ -131,6 +137,7 @@ def _advance_path(turn: Turn, path: Path) -> None:
                 ),
             )
             turn.pay(step.reward, f"path:{path.key}:{step.key}")
+            turn.note_rewards()
             previous_complete = True
         else:
             previous_complete = False

@@ -54,6 +54,39 @@ class Outcome:
     notifications: tuple[Notification, ...] = ()
 
 
+#: The key, in a state's ``__dict__`` (not a field: never serialised, ignored by ``==``),
+#: under which ``evaluate`` records that the state's badge and path conditions are settled.
+_SETTLED = "_settled"
+
+
+def settled_carry(rulebook: Rulebook, state: BuddyState) -> int | None:
+    """The parts changed after the last settlement, if ``state`` is settled under ``rulebook``.
+
+    None when the state was not produced by ``evaluate`` under this rulebook, or was copied
+    with a change since (then every condition must be tested). The check compares the
+    recorded parts with the state's own, containers by identity: states are immutable, and
+    the record holds references, so an identical object means identical content.
+    """
+    mark = state.__dict__.get(_SETTLED)
+    if (
+        mark is not None
+        and mark[0] == rulebook.version
+        and mark[2] == state.coins
+        and mark[3] == state.stage
+        and mark[4] is state.tokens
+        and mark[5] is state.skills
+        and mark[6] is state.streaks
+        and mark[7] is state.counters
+        and mark[8] is state.badges
+        and mark[9] is state.badges_ready
+        and mark[10] is state.paths
+        and mark[11] == state.audience
+    ):
+        carry: int = mark[1]
+        return carry
+    return None
+
+
 _tuple_new = tuple.__new__  # builds a named tuple without its Python-level __new__
 _build_outcome = frozen_builder(Outcome)
 
@@ -76,6 +109,7 @@ class Turn:
         "coins_credited",
         "counters",
         "decay_applied",
+        "dirty",
         "evolution_became_ready",
         "evolution_notified",
         "evolution_ready",
@@ -140,6 +174,7 @@ class Turn:
     clipped: bool
     visible: bool
     ns: dict[str, Any]
+    dirty: int | None
 
     def __init__(self, rulebook: Rulebook, state: BuddyState, explain: bool = False) -> None:
         self.rulebook = rulebook
@@ -184,6 +219,7 @@ class Turn:
         self.clipped = False
         self.visible = False
         self.ns = {}
+        self.dirty = None
 
     @classmethod
     def start(cls, rulebook: Rulebook, state: BuddyState, *, explain: bool = False) -> Turn:
@@ -409,6 +445,30 @@ class Turn:
             else:
                 self.award_badge(reward.badge, reason)
 
+    # -- what changed (incremental badge and path passes) ---------------------------------
+
+    def note_rewards(self) -> None:
+        """Mark what rewards can change (coins, tokens, badges) as changed, if watching.
+
+        Called after a path step or a badge paid its reward, so that the conditions tested
+        later in the same event see those parts as changed.
+        """
+        dirty = self.dirty
+        if dirty is None:
+            return
+        index = self.rulebook.dependencies
+        base = self.base
+        if self.coins != base.coins:
+            dirty |= index.watch_coins
+        base_tokens = base.tokens
+        tokens = self.tokens
+        for key, bit in index.watch_tokens:
+            if tokens.get(key, 0) != base_tokens.get(key, 0):
+                dirty |= bit
+        if len(self.badges) != len(base.badges):
+            dirty |= index.watch_badges
+        self.dirty = dirty
+
     # -- results -------------------------------------------------------------------------
 
     def problem(self, rule: str, reason: str) -> None:
@@ -422,8 +482,17 @@ class Turn:
         last_event_at: datetime | None = None,
         count_event: bool = False,
         debug: bool = True,
+        carry: int | None = None,
     ) -> Outcome:
-        """Freeze the turn into a new state and its effects."""
+        """Freeze the turn into a new state and its effects.
+
+        ``carry`` is given by ``evaluate`` only: every badge and path condition was settled
+        in this step, except those depending on the parts in ``carry`` (a mask of
+        :class:`~buddyrules.rulebook._deps.DependencyIndex` bits, changed after they were
+        tested). The new state then remembers that (see :func:`settled_carry`), and the
+        next ``evaluate`` tests only conditions whose inputs changed. Any other step leaves
+        the new state unsettled, so the next event tests everything.
+        """
         base = self.base
         if self._tokens_changed:
             base_tokens = base.tokens
@@ -433,26 +502,44 @@ class Turn:
         awarded = self.awarded_now
         # The base's values in field order, then what a turn can change (same keys, so the
         # order is kept).
-        state = BuddyState.trusted(
-            {
-                **base.__dict__,
-                "stage": self.stage,
-                "coins": self.coins,
-                "tokens": tokens,
-                "skills": self.skills,
-                "badges": (*base.badges, *awarded) if awarded else base.badges,
-                "badges_ready": self.ready,
-                "counters": self.counters,
-                "streaks": self.streaks,
-                "rule_usage": self.rule_usage,
-                "paths": self.paths,
-                "gates": self.gates,
-                "decay_applied": self.decay_applied,
-                "evolution_notified": self.evolution_notified,
-                "last_event_at": last_event_at if last_event_at is not None else base.last_event_at,
-                "events_applied": base.events_applied + 1 if count_event else base.events_applied,
-            }
-        )
+        badges = (*base.badges, *awarded) if awarded else base.badges
+        values = {
+            **base.__dict__,
+            "stage": self.stage,
+            "coins": self.coins,
+            "tokens": tokens,
+            "skills": self.skills,
+            "badges": badges,
+            "badges_ready": self.ready,
+            "counters": self.counters,
+            "streaks": self.streaks,
+            "rule_usage": self.rule_usage,
+            "paths": self.paths,
+            "gates": self.gates,
+            "decay_applied": self.decay_applied,
+            "evolution_notified": self.evolution_notified,
+            "last_event_at": last_event_at if last_event_at is not None else base.last_event_at,
+            "events_applied": base.events_applied + 1 if count_event else base.events_applied,
+            _SETTLED: None,
+        }
+        if carry is not None:
+            # The parts the settlement was made on, by identity for the containers: a copy
+            # with any of them replaced (model_copy(update=...)) no longer matches.
+            values[_SETTLED] = (
+                self.rulebook.version,
+                carry,
+                self.coins,
+                self.stage,
+                tokens,
+                self.skills,
+                self.streaks,
+                self.counters,
+                badges,
+                self.ready,
+                self.paths,
+                base.audience,
+            )
+        state = BuddyState.trusted(values)
         debug_reason: str | None = None
         if debug and not (self.visible or counters_visible):
             debug_reason = (

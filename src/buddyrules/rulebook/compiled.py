@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from buddyrules.conditions import Expression, ExpressionError, Symbols, compile_expression
 from buddyrules.errors import RulebookError
+from buddyrules.rulebook._deps import DependencyIndex
 from buddyrules.rulebook.schema import RewardSpec, RulebookSpec
 
 __all__ = [
@@ -305,11 +306,6 @@ class Rulebook:
         return dict.fromkeys(self.tokens, 0)
 
     @cached_property
-    def streak_keys(self) -> tuple[str, ...]:
-        """Streak keys in rulebook order."""
-        return tuple(s.key for s in self.streaks)
-
-    @cached_property
     def expressions(self) -> tuple[Expression, ...]:
         """Every compiled expression of the rulebook (conditions and amounts)."""
         found: list[Expression | None] = []
@@ -344,8 +340,39 @@ class Rulebook:
 
     @cached_property
     def skill_levels(self) -> tuple[tuple[str, int, int], ...]:
-        """``(key, points_per_level, max_level)`` per skill, in rulebook order (hot path)."""
-        return tuple((s.key, s.points_per_level, s.max_level) for s in self.skills.values())
+        """``(key, points_per_level, max_level)`` per skill read by some expression.
+
+        In rulebook order; the engine puts only these in the condition namespace (every
+        skill when an expression reads ``skills`` as a whole or by a computed key).
+        """
+        read = self._keys_read("skills")
+        return tuple(
+            (s.key, s.points_per_level, s.max_level)
+            for s in self.skills.values()
+            if read is None or s.key in read
+        )
+
+    @cached_property
+    def streak_keys(self) -> tuple[str, ...]:
+        """Keys of the streaks read by some expression (all if one reads ``streaks`` whole)."""
+        read = self._keys_read("streaks")
+        return tuple(s.key for s in self.streaks if read is None or s.key in read)
+
+    def _keys_read(self, root: str) -> frozenset[str] | None:
+        """The keys under ``root`` that expressions read, or None when one reads it whole."""
+        keys: set[str] = set()
+        for expression in self.expressions:
+            for path in expression.read_paths:
+                if path[0] == root:
+                    if len(path) < 2:
+                        return None
+                    keys.add(path[1])
+        return frozenset(keys)
+
+    @cached_property
+    def dependencies(self) -> DependencyIndex:
+        """Which state parts each badge and path condition reads (incremental passes)."""
+        return DependencyIndex(self)
 
     @property
     def default_audience(self) -> str | None:

@@ -1,0 +1,173 @@
+"""Incremental badge and path passes: skipping unchanged conditions never changes a result.
+
+``evaluate`` marks the state it returns as settled; the next ``evaluate`` under the same
+rulebook then tests only the badge and path conditions whose inputs changed. These tests
+compare that against evaluating every condition every time (forced by handing ``evaluate``
+a state copy with a replaced container, which is never treated as settled).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from hypothesis import given
+
+import buddyrules as br
+from buddyrules import BuddyState, Outcome
+from buddyrules.conditions._deps import state_deps
+from buddyrules.engine.turn import settled_carry
+
+from .helpers import at, event, make_rulebook
+from .strategies import History, histories
+
+
+def _unsettled(state: BuddyState) -> BuddyState:
+    """The same content as ``state``, but not recognisably settled (a new tokens dict)."""
+    copy = state.model_copy(update={"tokens": dict(state.tokens)})
+    return copy
+
+
+@contextmanager
+def incremental_always(rulebook: br.Rulebook) -> Iterator[None]:
+    """Use incremental passes for ``rulebook`` even below ``MIN_SKIPPABLE`` conditions."""
+    index = rulebook.dependencies
+    before = index.worthwhile
+    index.worthwhile = True
+    try:
+        yield
+    finally:
+        index.worthwhile = before
+
+
+def _replay(history: History, *, incremental: bool) -> tuple[BuddyState, list[Outcome]]:
+    state = history.hatch()
+    outcomes = []
+    for step in history.steps:
+        if not incremental:
+            state = _unsettled(state)
+        if step.event is not None:
+            outcome = br.evaluate(history.rulebook, state, step.event)
+        else:
+            outcome = br.advance(history.rulebook, state, step.at)
+        outcomes.append(outcome)
+        state = outcome.state
+    return state, outcomes
+
+
+@given(histories)
+def test_incremental_passes_give_exactly_what_full_passes_give(history: History) -> None:
+    with incremental_always(history.rulebook):
+        state_a, a = _replay(history, incremental=True)
+        state_b, b = _replay(history, incremental=False)
+    assert [json.dumps(o.effects.to_wire()) for o in a] == [
+        json.dumps(o.effects.to_wire()) for o in b
+    ]
+    assert [o.effects.problems for o in a] == [o.effects.problems for o in b]
+    assert [o.ledger for o in a] == [o.ledger for o in b]
+    assert [o.notifications for o in a] == [o.notifications for o in b]
+    assert state_a.model_dump_json() == state_b.model_dump_json()
+
+
+RULEBOOK = make_rulebook(
+    coin_rules=[{"key": "lesson_coins", "event": "lesson", "amount": 10}],
+    badges=[
+        {"key": "rich", "when": "coins >= 500"},
+        {"key": "regular", "when": "event_count(login) >= 2"},
+        # Enough skippable badges for the engine to use incremental passes.
+        *({"key": f"quiz_{n}", "when": f"event_count(quiz) >= {n}"} for n in range(1, 12)),
+    ],
+)
+
+
+def test_incremental_passes_are_used_from_a_dozen_skippable_conditions() -> None:
+    assert RULEBOOK.dependencies.worthwhile
+    few = make_rulebook(badges=[{"key": "rich", "when": "coins >= 500"}])
+    assert not few.dependencies.worthwhile
+    state = br.evaluate(few, br.new_buddy(few, "u1"), event("lesson", at(0))).state
+    assert settled_carry(few, state) is None  # no record kept
+
+
+def test_a_settled_state_is_recognised_and_its_copies_with_changes_are_not() -> None:
+    state = br.new_buddy(RULEBOOK, "u1")
+    assert settled_carry(RULEBOOK, state) is None  # a new buddy: test everything
+    state = br.evaluate(RULEBOOK, state, event("lesson", at(0))).state
+    assert settled_carry(RULEBOOK, state) == 0
+    assert settled_carry(RULEBOOK, state.model_copy()) == 0  # same content
+    assert settled_carry(RULEBOOK, state.model_copy(update={"coins": 600})) is None
+    restored = BuddyState.model_validate_json(state.model_dump_json())
+    assert settled_carry(RULEBOOK, restored) is None
+    assert settled_carry(RULEBOOK, pickle.loads(pickle.dumps(state))) == 0
+    other = make_rulebook(badges=[{"key": "rich", "when": "coins >= 5"}])
+    assert settled_carry(other, state) is None  # another rulebook
+
+
+def test_the_settlement_mark_is_not_state() -> None:
+    state = br.evaluate(RULEBOOK, br.new_buddy(RULEBOOK, "u1"), event("lesson", at(0))).state
+    restored = BuddyState.model_validate_json(state.model_dump_json())
+    assert restored == state
+    assert "_settled" not in state.model_dump_json()
+    assert "_settled" not in state.model_dump()
+    assert "_settled" not in repr(state)
+
+
+def test_a_copy_edited_by_hand_is_evaluated_in_full() -> None:
+    state = br.evaluate(RULEBOOK, br.new_buddy(RULEBOOK, "u1"), event("lesson", at(0))).state
+    # coins changed outside evaluate: a login changes no coins, yet "rich" must be awarded.
+    edited = state.model_copy(update={"coins": 600})
+    out = br.evaluate(RULEBOOK, edited, event("login", at(1)))
+    assert out.effects.badges_awarded == ("rich",)
+
+
+def test_a_condition_on_an_untouched_counter_is_still_awarded_when_it_changes() -> None:
+    state = br.new_buddy(RULEBOOK, "u1")
+    for day in range(3):
+        state = br.evaluate(RULEBOOK, state, event("lesson", at(day))).state
+    out = br.evaluate(RULEBOOK, state, event("login", at(4)))
+    assert out.effects.badges_awarded == ()
+    out = br.evaluate(RULEBOOK, out.state, event("login", at(5)))
+    assert out.effects.badges_awarded == ("regular",)
+
+
+@pytest.mark.parametrize(
+    ("source", "deps"),
+    [
+        ("coins >= 500", {"coins"}),
+        ("event_count(lesson) >= 1", {"counters.lesson"}),
+        ('event_count("lesson") >= 1 and stage < 3', {"counters.lesson", "stage"}),
+        ("counters.quiz > 2 or tokens.gems >= 10", {"counters.quiz", "tokens.gems"}),
+        ('"first" in badges and not has_badge("second")', {"badges"}),
+        (
+            "skills.grammar.level >= 2 and skill_level('speech') > 1",
+            {"skills.grammar", "skills.speech"},
+        ),
+        ("streaks.daily.count >= 7 or streak('daily') == 3", {"streaks.daily"}),
+        ("1 <= coins < 10", {"coins"}),
+        ("audience == 'student' and -coins < 0", {"coins"}),
+        ("True", set()),
+    ],
+)
+def test_state_deps_of_safe_conditions(source: str, deps: set[str]) -> None:
+    assert state_deps(source) == frozenset(deps)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "props.score >= 0.9",  # reads the event
+        "event.type == 'lesson'",
+        "coins / 2 > 10",  # arithmetic may fail (guards, division)
+        "coins + 1 > 10",
+        "len(badges) > 2",  # a whole collection
+        "tokens",
+        "coins < 'a'",  # ordering across types fails at run time
+        "'a' in [1, 2]",
+        "coins if stage > 1 else 0",
+        "max(coins, 5) > 3",
+    ],
+)
+def test_conditions_that_must_always_be_tested(source: str) -> None:
+    assert state_deps(source) is None
