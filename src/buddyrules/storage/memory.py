@@ -82,7 +82,7 @@ _LedgerChunk = tuple[int, str, str, str | None, datetime, tuple[_Entry, ...]]  #
 # ``first_id``, and ``acked`` is the set of acknowledged offsets (None until the first ack).
 # A chunk leaves the pending dict when every message in it is acknowledged.
 _PendingOutbox = tuple[str, str, datetime, Any, int]  # user, audience, at, packed, count
-_OutboxChunk = list[Any]
+_OutboxChunk = tuple[int, str, str, datetime, Any, int]  # first_id, user, audience, at, ...
 
 
 def _pack(value: dict[str, Any]) -> Any:
@@ -154,6 +154,10 @@ def _duplicate_receipt(event_id: str) -> ConflictError:
     )
 
 
+def _plain_tuple(entry: tuple[Any, ...]) -> tuple[Any, ...]:
+    return entry if type(entry) is tuple else tuple(entry)
+
+
 class _Tenant:
     """One tenant's data. Only :class:`MemoryStore` touches it, under its mutex for writes."""
 
@@ -162,6 +166,7 @@ class _Tenant:
         "ledger",
         "ledger_by_key",
         "outbox",
+        "outbox_acked",
         "outbox_starts",
         "receipts",
         "rulebooks",
@@ -175,6 +180,9 @@ class _Tenant:
         self.ledger_by_key: dict[_Key, list[_LedgerChunk]] = {}
         # Pending messages by id; dicts keep insertion order, so this is oldest first.
         self.outbox: dict[int, _OutboxChunk] = {}
+        # Offsets acknowledged so far, only for chunks partly acknowledged (chunks stay
+        # immutable tuples, which the collector does not walk).
+        self.outbox_acked: dict[int, set[int]] = {}
         # First ids of the chunks, ascending (an ack finds its chunk by bisection); ids of
         # chunks acknowledged since are dropped lazily.
         self.outbox_starts: list[int] = []
@@ -326,7 +334,9 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
             raise _closed()
         if entries:
             user_id, audience = self._ident
-            kept = entries if type(entries) is tuple else tuple(entries)
+            # Plain tuples: the collector untracks a tuple of strings and numbers, but never
+            # an instance of a tuple subclass such as the engine's named tuples.
+            kept = tuple([_plain_tuple(entry) for entry in entries])
             self._ledger.append((user_id, audience, reference, at, kept))
 
     def append_notifications(
@@ -397,7 +407,7 @@ class MemoryStore:
                 pending = data.outbox
                 starts = data.outbox_starts
                 for user_id, audience, at, packed, count in outbox:
-                    pending[next_id] = [next_id, user_id, audience, at, packed, count, None]
+                    pending[next_id] = (next_id, user_id, audience, at, packed, count)
                     starts.append(next_id)
                     next_id += count
             self._next_id = next_id
@@ -513,10 +523,11 @@ class MemoryStore:
         with self._mutex:
             chunks = []
             room = limit
+            partly = data.outbox_acked
             for chunk in data.outbox.values():
-                done = chunk[6]
+                done = partly.get(chunk[0])
                 # A copy of the acked offsets: acks may change the set once the mutex is free.
-                chunks.append((*chunk[:6], frozenset(done) if done is not None else None))
+                chunks.append((*chunk, frozenset(done) if done is not None else None))
                 room -= chunk[5] - (len(done) if done is not None else 0)
                 if room <= 0:
                     break
@@ -548,15 +559,16 @@ class MemoryStore:
                 offset = ident - chunk[0]
                 if offset >= chunk[5]:
                     continue
-                done = chunk[6]
+                done = data.outbox_acked.get(chunk[0])
                 if done is None:
-                    done = chunk[6] = set()
+                    done = data.outbox_acked[chunk[0]] = set()
                 elif offset in done:
                     continue
                 done.add(offset)
                 acked += 1
                 if len(done) == chunk[5]:
                     del pending[chunk[0]]
+                    del data.outbox_acked[chunk[0]]
             if len(starts) > 2 * len(pending) + 1024:
                 starts[:] = list(pending)
         return acked
