@@ -6,6 +6,7 @@ engine never mutates a state; it builds a new one per event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
@@ -48,6 +49,30 @@ class _Frozen(BaseModel):
         _set_extra(model, None)
         _set_private(model, None)
         return model
+
+
+def _maker(cls: type[_Frozen]) -> Any:
+    """``cls.trusted`` as a plain function with everything it needs bound (the hot path)."""
+    fields_set = _FIELDS_SET.setdefault(cls, set(cls.model_fields))
+
+    def make(
+        values: dict[str, Any],
+        _new: Any = _object_new,
+        _cls: type[_Frozen] = cls,
+        _sd: Any = _set_dict,
+        _sf: Any = _set_fields_set,
+        _fs: set[str] = fields_set,
+        _se: Any = _set_extra,
+        _sp: Any = _set_private,
+    ) -> Any:
+        model = _new(_cls)
+        _sd(model, values)
+        _sf(model, _fs)
+        _se(model, None)
+        _sp(model, None)
+        return model
+
+    return make
 
 
 class StreakState(_Frozen):
@@ -132,3 +157,10 @@ class BuddyState(_Frozen):
             "streaks": {k: {"count": v.count, "best": v.best} for k, v in self.streaks.items()},
             "events_applied": self.events_applied,
         }
+
+
+# The engine builds these once or more per event: see _Frozen.trusted for the contract.
+trusted_state: Callable[[dict[str, Any]], BuddyState] = _maker(BuddyState)
+trusted_streak: Callable[[dict[str, Any]], StreakState] = _maker(StreakState)
+trusted_usage: Callable[[dict[str, Any]], RuleUsage] = _maker(RuleUsage)
+trusted_path: Callable[[dict[str, Any]], PathState] = _maker(PathState)

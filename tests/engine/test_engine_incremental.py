@@ -171,3 +171,8 @@ def test_state_deps_of_safe_conditions(source: str, deps: set[str]) -> None:
 )
 def test_conditions_that_must_always_be_tested(source: str) -> None:
     assert state_deps(source) is None
+
+
+def test_an_evaluated_state_has_every_field_and_only_the_mark_besides() -> None:
+    state = br.evaluate(RULEBOOK, br.new_buddy(RULEBOOK, "u1"), event("lesson", at(0))).state
+    assert set(state.__dict__) == {*BuddyState.model_fields, "_settled"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from buddyrules.engine.context import EventContext
 from buddyrules.engine.turn import Turn
-from buddyrules.state import RuleUsage
+from buddyrules.state import RuleUsage, trusted_usage
 
 __all__ = ["clip", "clip_to_caps", "record", "record_usage"]
 
@@ -110,7 +110,7 @@ def record(turn: Turn, key: str, usage: RuleUsage | None, credited: int, ctx: Ev
             "week_total": week_total,
             "times": usage.times + 1,
         }
-    turn.set_usage(key, RuleUsage.trusted(values))
+    turn.set_usage(key, trusted_usage(values))
 
 
 def _advance(last: int | None, total: int, current: int, credited: int) -> tuple[int, int]:

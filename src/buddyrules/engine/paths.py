@@ -12,7 +12,7 @@ from typing import Any
 
 from buddyrules.engine.turn import Turn
 from buddyrules.rulebook.compiled import Path, Step
-from buddyrules.state import PathState
+from buddyrules.state import PathState, trusted_path
 
 __all__ = ["complete_sub_step", "evaluate_paths"]
 
@@ -132,7 +132,7 @@ def _advance_path(turn: Turn, path: Path) -> None:
                 _trace(turn, path, step, True, "completed")
             turn.set_path(
                 path.key,
-                PathState.trusted(
+                trusted_path(
                     {"unlocked": unlocked, "completed": completed, "sub_steps_done": done}
                 ),
             )
@@ -155,9 +155,7 @@ def _advance_path(turn: Turn, path: Path) -> None:
         turn.visible = True
         turn.set_path(
             path.key,
-            PathState.trusted(
-                {"unlocked": unlocked, "completed": completed, "sub_steps_done": done}
-            ),
+            trusted_path({"unlocked": unlocked, "completed": completed, "sub_steps_done": done}),
         )
 
 

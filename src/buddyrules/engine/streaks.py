@@ -21,7 +21,7 @@ from typing import Any
 from buddyrules.engine.context import EventContext
 from buddyrules.engine.turn import Turn
 from buddyrules.rulebook.compiled import Streak
-from buddyrules.state import StreakState
+from buddyrules.state import StreakState, trusted_streak
 
 __all__ = ["TRANSITIONS", "apply_streaks", "classify", "missed_periods"]
 
@@ -106,7 +106,7 @@ def apply_streaks(turn: Turn, streaks: tuple[Streak, ...], ctx: EventContext) ->
         due = [(c, r) for c, r in streak.milestones if c <= count and c not in paid]
         turn.set_streak(
             streak.key,
-            StreakState.trusted(
+            trusted_streak(
                 {
                     "count": count,
                     "best": best,

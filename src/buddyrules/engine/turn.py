@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from buddyrules.effects import Effects, build_effects, frozen_builder
 from buddyrules.rulebook.compiled import Reward, Rulebook
-from buddyrules.state import BuddyState, PathState, RuleUsage, StreakState
+from buddyrules.state import BuddyState, PathState, RuleUsage, StreakState, trusted_state
 
 __all__ = ["LedgerEntry", "Notification", "Outcome", "Turn"]
 
@@ -503,8 +503,14 @@ class Turn:
         # The base's values in field order, then what a turn can change (same keys, so the
         # order is kept).
         badges = (*base.badges, *awarded) if awarded else base.badges
+        # Every field, built in one go (the five a turn never changes read from the base).
+        b = base.__dict__
         values = {
-            **base.__dict__,
+            "user_id": b["user_id"],
+            "audience": b["audience"],
+            "rulebook_version": b["rulebook_version"],
+            "timezone": b["timezone"],
+            "hatched_at": b["hatched_at"],
             "stage": self.stage,
             "coins": self.coins,
             "tokens": tokens,
@@ -539,7 +545,7 @@ class Turn:
                 self.paths,
                 base.audience,
             )
-        state = BuddyState.trusted(values)
+        state = trusted_state(values)
         debug_reason: str | None = None
         if debug and not (self.visible or counters_visible):
             debug_reason = (
