@@ -28,11 +28,16 @@ Design, in short (the reasons are next to the code):
   it is a private database file in a temporary directory, removed by ``close()`` (an SQLite
   in-memory database is one per connection, and its shared-cache variant has table locks
   that would make readers wait for writers).
+* **Units hold their rows back**: a unit's state, receipt, ledger and outbox rows wait in
+  Python and are written when it commits, one statement per table; a failing unit just drops
+  them. Every unit runs under SQLite's write lock from its start, so what it read or checked
+  (its buddy's row and receipt ids, read together in one statement) still holds then.
 * **Batches**: inside :meth:`SQLiteStore.group` the thread opens one ``BEGIN IMMEDIATE``
-  transaction and gives each unit of work its own ``SAVEPOINT``: a failing unit rolls back to
-  its savepoint alone, and leaving the group commits every unit that succeeded, also when the
-  group exits with an exception (SPEC §1: events before the failing one stay committed). A
-  batch of 100 events is then one commit, not 100.
+  transaction; each unit that completes hands its rows to the group, a failing unit rolls back
+  alone (its rows are dropped), and leaving the group writes the rows of every unit that
+  succeeded (one ``executemany`` per table, the last state per buddy) and commits, also when
+  the group exits with an exception (SPEC §1: events before the failing one stay committed). A
+  batch of 100 events is then a handful of statements and one commit, not 100.
 * **Durability**: ``synchronous=NORMAL`` (the default) with WAL never syncs on commit, only at
   checkpoints. A committed transaction survives a crash of the process (even ``SIGKILL``); a
   power loss or an operating-system crash may lose the last transactions committed before it,
@@ -195,6 +200,37 @@ _WAL_AUTOCHECKPOINT_WITH_THREAD: Final = 16000
 _JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 _log = logging.getLogger(__name__)
 
+# Bumped in a child process after a fork. Connections remember the generation they were opened
+# in, so finding this thread's connection needs no getpid() system call (which is not cached
+# by the C library and costs about 0.3 us, three times per event).
+_fork_generation = 0
+# SQLite's own mutexes do not survive a fork: a child forked while another thread was inside
+# SQLite inherits them locked and hangs in its first sqlite3.connect (seen about once in 200
+# forks with the checkpoint thread running). The checkpoint threads, which the application does
+# not know about, hold this lock while they call SQLite, and a fork waits for it.
+_CHECKPOINT_CALLS = threading.Lock()
+
+
+def _before_fork() -> None:
+    _CHECKPOINT_CALLS.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _CHECKPOINT_CALLS.release()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+    _CHECKPOINT_CALLS.release()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
+
 _SQL_SCHEMA_TABLE: Final = """CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,
     description TEXT NOT NULL,
@@ -210,6 +246,14 @@ _SQL_PUT_BUDDY: Final = (
 _SQL_GET_RECEIPT: Final = (
     "SELECT event_id, fingerprint, user_id, audience, effects FROM receipts "
     "WHERE tenant = ? AND event_id = ?"
+)
+_SQL_HAS_RECEIPT: Final = "SELECT 1 FROM receipts WHERE tenant = ? AND event_id = ?"
+# A unit's receipt (usually absent) and its buddy's row in one statement: exactly one row,
+# with NULL receipt columns when there is no receipt and a NULL state when no buddy.
+_SQL_GET_RECEIPT_AND_BUDDY: Final = (
+    "SELECT r.event_id, r.fingerprint, r.user_id, r.audience, r.effects, "
+    "(SELECT state FROM buddies WHERE tenant = ?1 AND user_id = ?3 AND audience = ?4) "
+    "FROM (SELECT 1) LEFT JOIN receipts AS r ON r.tenant = ?1 AND r.event_id = ?2"
 )
 _SQL_PUT_RECEIPT: Final = (
     "INSERT INTO receipts (tenant, event_id, fingerprint, user_id, audience, effects) "
@@ -323,19 +367,90 @@ class _StateCache:
         states[ident] = (text, state)
 
 
+class _Pending:
+    """Rows written by units of work and not yet sent to SQLite (see :class:`_SQLiteUnit`).
+
+    ``buddies`` keeps only the last state put per key (only that one is ever stored), rows of
+    the ledger and the outbox keep their order (their ids follow it), ``receipts`` holds the
+    full receipt rows by ``(tenant, event_id)``.
+    """
+
+    __slots__ = ("buddies", "ledger", "outbox", "receipts")
+
+    def __init__(self) -> None:
+        self.buddies: dict[tuple[str, str, str], BuddyState] = {}
+        self.ledger: list[tuple[Any, ...]] = []
+        self.outbox: list[tuple[Any, ...]] = []
+        self.receipts: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.buddies or self.ledger or self.outbox or self.receipts)
+
+    def absorb(self, other: _Pending) -> None:
+        """Take over the rows of a unit that completed inside this one (or inside a group)."""
+        self.buddies.update(other.buddies)
+        self.ledger += other.ledger
+        self.outbox += other.outbox
+        self.receipts.update(other.receipts)
+
+    def clear(self) -> None:
+        """Forget every row."""
+        self.buddies.clear()
+        self.ledger.clear()
+        self.outbox.clear()
+        self.receipts.clear()
+
+
 class _Connection:
     """A connection, the transaction bookkeeping of the thread that uses it, and its cache."""
 
-    __slots__ = ("db", "group_depth", "group_lost", "pid", "states")
+    __slots__ = (
+        "absent",
+        "at_memo",
+        "db",
+        "fork_generation",
+        "group_depth",
+        "group_lost",
+        "group_pending",
+        "pid",
+        "states",
+        "units",
+    )
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self.pid = os.getpid()
+        self.fork_generation = _fork_generation
         self.group_depth = 0
         # Set when SQLite rolled back a batch transaction on its own (disk full, I/O error):
         # the units committed "so far" in the group are gone and leaving the group says so.
         self.group_lost = False
+        # The rows of the units a group has completed so far, written when the group ends
+        # (None outside a group that owns its transaction).
+        self.group_pending: _Pending | None = None
+        # The pending rows of the open units of this thread, innermost last.
+        self.units: list[_Pending] = []
+        # Receipt ids (tenant, event_id) read as absent in the current write transaction.
+        # While the transaction holds SQLite's write lock, nobody else can add them, so
+        # put_receipt needs no second look (see _SQLiteUnit.put_receipt).
+        self.absent: set[tuple[str, str]] = set()
+        # The last datetime written and its ISO text: an event's ledger and outbox rows share
+        # one ``at`` object, so it is formatted once.
+        self.at_memo: tuple[datetime | None, str] = (None, "")
         self.states = _StateCache()
+
+    def iso(self, moment: datetime) -> str:
+        """``moment.isoformat()``, reused while the same object comes back."""
+        memo = self.at_memo
+        if memo[0] is moment:
+            return memo[1]
+        text = moment.isoformat()
+        self.at_memo = (moment, text)
+        return text
+
+    def end_transaction(self) -> None:
+        """Forget what was known inside the write transaction that just ended."""
+        self.absent.clear()
 
 
 class _Checkpointer:
@@ -368,22 +483,25 @@ class _Checkpointer:
 
 def _checkpoint_loop(path: str, synchronous: str, interval: float, stop: threading.Event) -> None:
     try:
-        db = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-        # The checkpoint syncs the WAL and the database file as the store's mode says.
-        db.execute(f"PRAGMA synchronous = {synchronous}")
+        with _CHECKPOINT_CALLS:
+            db = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+            # The checkpoint syncs the WAL and the database file as the store's mode says.
+            db.execute(f"PRAGMA synchronous = {synchronous}")
     except sqlite3.Error as exc:
         _log.warning("no background checkpoints for %s (writers will checkpoint): %s", path, exc)
         return
     try:
         while not stop.wait(interval):
             try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with _CHECKPOINT_CALLS:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as exc:
                 # Busy (another process is checkpointing) or a passing I/O error: the next
                 # round tries again, and writers still checkpoint past their threshold.
                 _log.debug("background checkpoint of %s skipped: %s", path, exc)
     finally:
-        db.close()
+        with _CHECKPOINT_CALLS:
+            db.close()
 
 
 class _Slot:
@@ -531,7 +649,7 @@ class SQLiteStore:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
         slot: _Slot | None = getattr(self._local, "slot", None)
-        if slot is not None and slot.conn.pid == os.getpid():
+        if slot is not None and slot.conn.fork_generation == _fork_generation:
             return slot.conn
         # First use on this thread, or after a fork (the inherited connection belongs to the
         # parent: leave it alone; a forked child also needs its own checkpoint thread).
@@ -609,8 +727,69 @@ class SQLiteStore:
 
     def _write(self, sql: str, params: Sequence[Any] | dict[str, Any], doing: str) -> Any:
         """One statement on this thread's connection; its own transaction unless in a group."""
-        conn = self._connection()
+        conn = self._synced()
         return self._retrying(lambda: conn.db.execute(sql, params).fetchall(), doing)
+
+    def _synced(self) -> _Connection:
+        """This thread's connection, with the rows its group holds back written to SQLite.
+
+        Inside a group the units' rows wait in Python until the group ends; a plain read or
+        write on the same thread meanwhile must see (and come after) them, as it would if
+        every unit had written its rows at once.
+        """
+        conn = self._connection()
+        pending = conn.group_pending
+        if pending:
+            assert pending is not None
+            db = conn.db
+            try:
+                if not db.in_transaction:
+                    raise sqlite3.OperationalError("the batch transaction was rolled back")
+                self._flush(conn, pending)
+            except sqlite3.Error as exc:
+                # The units of the group so far cannot be kept whole: give them up together,
+                # and leaving the group reports it.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                conn.end_transaction()
+                conn.group_lost = True
+                raise self._error(exc, "writing a batch") from exc
+            finally:
+                pending.clear()
+        return conn
+
+    def _flush(self, conn: _Connection, pending: _Pending) -> None:
+        """Send the pending rows to SQLite, one statement per table (raises sqlite3.Error).
+
+        Runs inside the write transaction that the rows belong to.
+        """
+        db = conn.db
+        if pending.buddies:
+            remember = conn.states.remember
+            rows: list[tuple[str, ...]] = []
+            for ident, state in pending.buddies.items():
+                text = state.model_dump_json()
+                # A parse cache (keyed by the exact text): right whether or not this commits.
+                remember(ident, text, state)
+                rows.append((*ident, text))
+            _execute(db, _SQL_PUT_BUDDY, rows)
+        if pending.ledger:
+            _execute(db, _SQL_PUT_LEDGER, pending.ledger)
+        if pending.outbox:
+            _execute(db, _SQL_PUT_OUTBOX, pending.outbox)
+        if pending.receipts:
+            _execute(db, _SQL_PUT_RECEIPT, list(pending.receipts.values()))
+
+    def _read_one(
+        self, conn: _Connection, sql: str, params: Sequence[Any], doing: str
+    ) -> tuple[Any, ...] | None:
+        """The first row of a read on ``conn`` (a per-event call: first try without a closure)."""
+        try:
+            row: tuple[Any, ...] | None = conn.db.execute(sql, params).fetchone()
+        except sqlite3.Error:
+            # Busy (or failing): the retrying path runs it again and reports as usual.
+            return self._retrying(lambda: conn.db.execute(sql, params).fetchone(), doing)  # type: ignore[no-any-return]
+        return row
 
     def _read(self, sql: str, params: Sequence[Any], doing: str) -> list[Any]:
         return self._write(sql, params, doing)  # type: ignore[no-any-return]
@@ -711,11 +890,9 @@ class SQLiteStore:
     def get_buddy(self, tenant: str, key: BuddyKey) -> BuddyState | None:
         """Read a buddy without locking it."""
         ident = (tenant, key.user_id, key.audience)
-        conn = self._connection()
-        rows = self._retrying(
-            lambda: conn.db.execute(_SQL_GET_BUDDY, ident).fetchall(), "reading a buddy"
-        )
-        return conn.states.parsed(ident, rows[0][0]) if rows else None
+        conn = self._synced()
+        row = self._read_one(conn, _SQL_GET_BUDDY, ident, "reading a buddy")
+        return conn.states.parsed(ident, row[0]) if row is not None else None
 
     def list_buddies(self, tenant: str, user_id: str | None = None) -> Iterator[BuddyState]:
         """Every buddy of the tenant (or of one user), ordered by user_id then audience.
@@ -752,8 +929,9 @@ class SQLiteStore:
 
     def get_receipt(self, tenant: str, event_id: str) -> Receipt | None:
         """Read a receipt without locking."""
-        rows = self._read(_SQL_GET_RECEIPT, (tenant, event_id), "reading a receipt")
-        return _receipt(rows[0]) if rows else None
+        key = (tenant, event_id)
+        row = self._read_one(self._synced(), _SQL_GET_RECEIPT, key, "reading a receipt")
+        return _receipt(row) if row is not None else None
 
     def reserve_quota(self, tenant: str, month: str, count: int, limit: int | None) -> int | None:
         """Atomically add ``count`` to the month's usage if it stays within ``limit``.
@@ -876,6 +1054,14 @@ class SQLiteStore:
         return acked
 
 
+def _execute(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    # One row is the common case; executemany costs more than execute for it.
+    if len(rows) == 1:
+        db.execute(sql, rows[0])
+    else:
+        db.executemany(sql, rows)
+
+
 def _receipt(row: tuple[Any, ...]) -> Receipt:
     return Receipt(
         event_id=row[0],
@@ -887,12 +1073,35 @@ def _receipt(row: tuple[Any, ...]) -> Receipt:
 
 
 class _SQLiteUnit:
-    """One unit of work: a ``BEGIN IMMEDIATE`` transaction, or a savepoint inside a group."""
+    """One unit of work: a ``BEGIN IMMEDIATE`` transaction, or a part of a group's.
 
-    __slots__ = ("_conn", "_db", "_ident", "_nested", "_open", "_store", "_tenant", "key")
+    The rows a unit writes (state, receipt, ledger, outbox) wait in a :class:`_Pending` and
+    reach SQLite when it commits: on its own, one statement per table then ``COMMIT``; inside
+    a group, they join the group's rows, which are written (one statement per table for the
+    whole batch) when the group ends. A failing unit drops its rows, so it rolls back alone
+    with no savepoint. This is sound because a unit runs under SQLite's write lock from its
+    first statement (its own ``BEGIN IMMEDIATE`` or its group's): nobody else writes
+    meanwhile, so what the unit read or checked (receipt ids, its buddy's row) still holds
+    when its rows are written.
+    """
+
+    __slots__ = (
+        "_buddy_known",
+        "_buddy_text",
+        "_conn",
+        "_db",
+        "_ident",
+        "_nested",
+        "_open",
+        "_pending",
+        "_store",
+        "_tenant",
+        "key",
+    )
 
     _conn: _Connection
     _db: sqlite3.Connection
+    _pending: _Pending
 
     def __init__(self, store: SQLiteStore, tenant: str, key: BuddyKey) -> None:
         self._store = store
@@ -901,6 +1110,9 @@ class _SQLiteUnit:
         self._ident = (tenant, key.user_id, key.audience)
         self._nested = False
         self._open = False
+        # The buddy's stored row, when already read with the receipt (see get_receipt).
+        self._buddy_known = False
+        self._buddy_text: str | None = None
 
     # -- the transaction -----------------------------------------------------------------
 
@@ -912,18 +1124,22 @@ class _SQLiteUnit:
         self._conn = conn
         self._db = db = conn.db
         if db.in_transaction:
-            # Inside a group (or another unit of this thread): a savepoint, so this unit can
-            # roll back alone. The name may repeat: SQLite savepoints nest.
+            # Inside a group (or another unit of this thread): its rows join the enclosing
+            # transaction's when this unit completes.
             self._nested = True
-            try:
-                db.execute("SAVEPOINT buddyrules_unit")
-            except sqlite3.Error as exc:
-                raise store._error(exc, "starting a unit of work") from exc
         else:
             if conn.group_depth:
+                # The group's transaction is gone (SQLite rolled it back on its own): the
+                # rows its units left pending can no longer be committed with it.
                 conn.group_lost = True
+                if conn.group_pending is not None:
+                    conn.group_pending.clear()
             self._nested = False
             store._begin(conn, "starting a unit of work")
+            conn.end_transaction()
+        self._pending = _Pending()
+        conn.units.append(self._pending)
+        self._buddy_known = False
         self._open = True
         return self
 
@@ -936,62 +1152,136 @@ class _SQLiteUnit:
         if not self._open:
             return
         self._open = False
+        units = self._conn.units
+        if units and units[-1] is self._pending:
+            units.pop()
+        else:  # units left out of order: still forget this one
+            units.remove(self._pending)
         if exc_type is None:
             self._finish()
         else:
             self._abort()
 
     def _finish(self) -> None:
+        conn = self._conn
         db = self._db
-        try:
-            if self._nested:
-                db.execute("RELEASE buddyrules_unit")
-            else:
+        store = self._store
+        pending = self._pending
+        if not self._nested:
+            try:
+                if pending:
+                    store._flush(conn, pending)
                 db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._abort()
-            raise self._store._error(exc, "committing a unit of work") from exc
-
-    def _abort(self) -> None:
-        db = self._db
-        if not db.in_transaction:
-            # SQLite already rolled everything back (e.g. disk full): a group lost its units.
-            if self._nested:
-                self._conn.group_lost = True
+            except BaseException as exc:
+                self._abort()
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise self._conflict(pending) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise store._error(exc, "committing a unit of work") from exc
+                raise
+            finally:
+                conn.end_transaction()
             return
+        if not db.in_transaction:
+            # SQLite rolled back the enclosing transaction on its own (disk full, I/O error).
+            conn.group_lost = True
+            raise StoreError(
+                f"SQLite rolled back the transaction of this unit of work on its own "
+                f"({store.path}); nothing of it was kept",
+                {"path": store.path},
+            )
+        parent = conn.units[-1] if conn.units else conn.group_pending
+        if parent is not None:
+            parent.absorb(pending)
+            return
+        # A transaction this store did not open (no unit, no group of ours): write the rows
+        # now, all or none.
         try:
-            if self._nested:
+            db.execute("SAVEPOINT buddyrules_unit")
+            try:
+                store._flush(conn, pending)
+            except BaseException:
                 db.execute("ROLLBACK TO buddyrules_unit")
                 db.execute("RELEASE buddyrules_unit")
-            else:
-                db.execute("ROLLBACK")
+                raise
+            db.execute("RELEASE buddyrules_unit")
+        except sqlite3.IntegrityError as exc:
+            raise self._conflict(pending) from exc
+        except sqlite3.Error as exc:
+            raise store._error(exc, "committing a unit of work") from exc
+
+    def _abort(self) -> None:
+        # The unit's rows were never written: dropping them is its rollback.
+        if self._nested:
+            if not self._db.in_transaction:
+                # SQLite already rolled everything back (e.g. disk full): a group lost its units.
+                self._conn.group_lost = True
+            return
+        db = self._db
+        self._conn.end_transaction()
+        if not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
         except sqlite3.Error:
-            # The rollback failed: the transaction is unusable. Roll back all of it so the
-            # connection is clean; the error that brought us here is the one to report.
+            # The rollback failed: try once more so the connection is clean; the error that
+            # brought us here is the one to report.
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            if self._nested:
-                self._conn.group_lost = True
+
+    def _conflict(self, pending: _Pending) -> ConflictError:
+        ids = [event_id for _, event_id in pending.receipts]
+        return ConflictError(
+            f"a receipt for event id {', '.join(map(repr, ids))} already exists",
+            {"event_id": ids[0] if len(ids) == 1 else ids},
+        )
 
     def _check_open(self) -> sqlite3.Connection:
         if not self._open:
             raise StoreError("this unit of work is closed (use it inside its `with` block)")
         return self._db
 
+    def _pending_state(self) -> BuddyState | None:
+        """The state this unit, an enclosing one or the group put last; None when none did."""
+        ident = self._ident
+        conn = self._conn
+        for pending in reversed(conn.units):
+            state = pending.buddies.get(ident)
+            if state is not None:
+                return state
+        group = conn.group_pending
+        return None if group is None else group.buddies.get(ident)
+
+    def _pending_receipt(self, key: tuple[str, str]) -> tuple[Any, ...] | None:
+        conn = self._conn
+        for pending in reversed(conn.units):
+            row = pending.receipts.get(key)
+            if row is not None:
+                return row
+        group = conn.group_pending
+        return None if group is None else group.receipts.get(key)
+
     # -- UnitOfWork ------------------------------------------------------------------------
 
     def get_buddy(self) -> BuddyState | None:
         """The buddy's state (as written so far in this unit), or None if it has not hatched."""
         db = self._check_open()
-        try:
-            found = db.execute(_SQL_GET_BUDDY, self._ident).fetchone()
-        except sqlite3.Error as exc:
-            raise self._store._error(exc, "reading a buddy") from exc
-        return self._conn.states.parsed(self._ident, found[0]) if found is not None else None
+        state = self._pending_state()
+        if state is not None:
+            return state
+        if self._buddy_known:
+            text = self._buddy_text
+        else:
+            try:
+                found = db.execute(_SQL_GET_BUDDY, self._ident).fetchone()
+            except sqlite3.Error as exc:
+                raise self._store._error(exc, "reading a buddy") from exc
+            text = None if found is None else found[0]
+        return None if text is None else self._conn.states.parsed(self._ident, text)
 
     def put_buddy(self, state: BuddyState) -> None:
         """Insert or replace the buddy's state."""
-        db = self._check_open()
+        self._check_open()
         key = self.key
         if state.user_id != key.user_id or state.audience != key.audience:
             raise ConflictError(
@@ -999,52 +1289,72 @@ class _SQLiteUnit:
                 f"({key.user_id!r}, {key.audience!r})",
                 {"user_id": state.user_id, "audience": state.audience},
             )
-        text = state.model_dump_json()
-        try:
-            db.execute(_SQL_PUT_BUDDY, (*self._ident, text))
-        except sqlite3.Error as exc:
-            raise self._store._error(exc, "storing a buddy") from exc
-        self._conn.states.remember(self._ident, text, state)
+        self._pending.buddies[self._ident] = state
 
     def get_receipt(self, event_id: str) -> Receipt | None:
         """The receipt for an event id of this tenant (any buddy), or None."""
         db = self._check_open()
+        key = (self._tenant, event_id)
+        row = self._pending_receipt(key)
+        if row is not None:
+            return _receipt(row[1:])
         try:
-            found = db.execute(_SQL_GET_RECEIPT, (self._tenant, event_id)).fetchone()
+            if self._buddy_known or self._pending_state() is not None:
+                found = db.execute(_SQL_GET_RECEIPT, key).fetchone()
+            else:
+                # The service reads the buddy next: one statement reads both (the row cannot
+                # change under this unit's write lock, and its own writes are checked first).
+                both = db.execute(_SQL_GET_RECEIPT_AND_BUDDY, (*key, *self._ident[1:])).fetchone()
+                self._buddy_known = True
+                self._buddy_text = both[5]
+                found = both[:5] if both[0] is not None else None
         except sqlite3.Error as exc:
             raise self._store._error(exc, "reading a receipt") from exc
-        return _receipt(found) if found is not None else None
+        if found is None:
+            self._conn.absent.add(key)
+            return None
+        return _receipt(found)
 
     def put_receipt(self, receipt: Receipt) -> None:
         """Record a receipt; a duplicate event id raises ConflictError at once."""
         db = self._check_open()
-        try:
-            db.execute(
-                _SQL_PUT_RECEIPT,
-                (
-                    self._tenant,
-                    receipt.event_id,
-                    receipt.fingerprint,
-                    receipt.user_id,
-                    receipt.audience,
-                    _dumps(receipt.effects),
-                ),
-            )
-        except sqlite3.IntegrityError as exc:
+        tenant = self._tenant
+        key = (tenant, receipt.event_id)
+        conn = self._conn
+        if self._pending_receipt(key) is not None:
+            exists = True
+        elif key in conn.absent:
+            # Read as absent under this transaction's write lock: still absent.
+            exists = False
+        else:
+            try:
+                exists = db.execute(_SQL_HAS_RECEIPT, key).fetchone() is not None
+            except sqlite3.Error as exc:
+                raise self._store._error(exc, "checking a receipt") from exc
+        if exists:
             raise ConflictError(
                 f"a receipt for event id {receipt.event_id!r} already exists",
                 {"event_id": receipt.event_id},
-            ) from exc
-        except sqlite3.Error as exc:
-            raise self._store._error(exc, "storing a receipt") from exc
+            )
+        # Once written (a group may write it before it ends), it is no longer absent.
+        conn.absent.discard(key)
+        self._pending.receipts[key] = (
+            tenant,
+            receipt.event_id,
+            receipt.fingerprint,
+            receipt.user_id,
+            receipt.audience,
+            _dumps(receipt.effects),
+        )
 
     def append_ledger(self, entries: Sequence[LedgerRecord]) -> None:
         """Append ledger entries (ids follow the order of ``entries``)."""
-        db = self._check_open()
+        self._check_open()
         if not entries:
             return
         tenant = self._tenant
-        rows = [
+        iso = self._conn.iso
+        self._pending.ledger += [
             (
                 tenant,
                 e.user_id,
@@ -1054,39 +1364,30 @@ class _SQLiteUnit:
                 e.balance_after,
                 e.reason,
                 e.reference,
-                e.at.isoformat(),
+                iso(e.at),
             )
             for e in entries
         ]
-        self._insert_rows(db, _SQL_PUT_LEDGER, rows, "appending to the ledger")
 
     def append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         """Append outbox messages (visible to ``outbox_pending`` once the unit commits)."""
-        db = self._check_open()
+        self._check_open()
         if not messages:
             return
         tenant = self._tenant
-        rows = [
-            (tenant, m.type, m.user_id, m.audience, _dumps(m.payload), m.at.isoformat())
-            for m in messages
+        iso = self._conn.iso
+        self._pending.outbox += [
+            (tenant, m.type, m.user_id, m.audience, _dumps(m.payload), iso(m.at)) for m in messages
         ]
-        self._insert_rows(db, _SQL_PUT_OUTBOX, rows, "appending to the outbox")
-
-    def _insert_rows(
-        self, db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]], doing: str
-    ) -> None:
-        # One row is the common case; executemany costs more than execute for it.
-        try:
-            if len(rows) == 1:
-                db.execute(sql, rows[0])
-            else:
-                db.executemany(sql, rows)
-        except sqlite3.Error as exc:
-            raise self._store._error(exc, doing) from exc
 
 
 class _SQLiteGroup:
-    """A batch: one ``BEGIN IMMEDIATE`` transaction around the units of this thread."""
+    """A batch: one ``BEGIN IMMEDIATE`` transaction around the units of this thread.
+
+    The units' rows are held back (see :class:`_SQLiteUnit`) and written when the group ends,
+    just before its ``COMMIT``: a batch of 100 events is a handful of statements and one
+    commit.
+    """
 
     __slots__ = ("_conn", "_owner", "_store")
 
@@ -1101,7 +1402,9 @@ class _SQLiteGroup:
         self._owner = conn.group_depth == 0 and not conn.db.in_transaction
         if self._owner:
             store._begin(conn, "starting a batch")
+            conn.end_transaction()
             conn.group_lost = False
+            conn.group_pending = _Pending()
         conn.group_depth += 1
 
     def __exit__(
@@ -1116,19 +1419,31 @@ class _SQLiteGroup:
         conn.group_depth -= 1
         if not self._owner:
             return
+        pending = conn.group_pending
+        conn.group_pending = None
         # Commit what succeeded even when the group ends with an exception: each failed unit
-        # has already rolled back to its own savepoint.
+        # has already dropped its own rows.
         lost = conn.group_lost
         conn.group_lost = False
-        if db.in_transaction:
-            try:
-                db.execute("COMMIT")
-            except sqlite3.Error as err:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                if exc_type is None:
-                    raise store._error(err, "committing a batch") from err
-                return
+        try:
+            if db.in_transaction:
+                try:
+                    if pending:
+                        assert pending is not None
+                        store._flush(conn, pending)
+                    db.execute("COMMIT")
+                except BaseException as err:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    if exc_type is not None and isinstance(err, Exception):
+                        return  # the exception that ended the group is the one to report
+                    if isinstance(err, sqlite3.Error):
+                        raise store._error(err, "committing a batch") from err
+                    raise
+            elif pending:
+                lost = True
+        finally:
+            conn.end_transaction()
         if lost and exc_type is None:
             raise StoreError(
                 f"SQLite rolled back a batch transaction on its own ({store.path}); the units "
