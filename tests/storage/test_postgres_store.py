@@ -377,3 +377,173 @@ def test_a_pooled_connection_killed_by_the_server_is_replaced(
         assert buddy is not None and buddy.coins == 4
     finally:
         store.close()
+
+
+# -- what a unit sends -------------------------------------------------------------------------
+
+
+def test_many_ledger_and_outbox_rows_keep_their_order_and_values(pg_store: Any) -> None:
+    from datetime import timedelta, timezone
+
+    from buddyrules.storage import LedgerRecord, OutboxMessage
+
+    key = BuddyKey("u-rows", AUDIENCE)
+    east = datetime(2024, 5, 1, 14, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+    odd = "quote ' double \" backslash \\ percent %s unicode é ✓"
+    ledger = [
+        LedgerRecord(key.user_id, AUDIENCE, f"token:t{i}", -(2**53) - i, 2**62, odd, None, east)
+        for i in range(12)
+    ] + [LedgerRecord(key.user_id, AUDIENCE, "coins", 7, 7, "rule", "evt-9", AT)]
+    outbox = [
+        OutboxMessage(
+            f"type.{i}", key.user_id, AUDIENCE, {"i": i, "text": odd, "n": [1, None]}, east
+        )
+        for i in range(12)
+    ]
+    with pg_store.unit_of_work("t-rows", key) as uow:
+        uow.append_ledger(ledger)
+        uow.append_outbox(outbox)
+    stored = pg_store.ledger("t-rows", key)
+    assert [e.id for e in stored] == sorted(e.id for e in stored)
+    assert [(e.currency, e.amount, e.balance_after, e.reason, e.reference) for e in stored] == [
+        (e.currency, e.amount, e.balance_after, e.reason, e.reference) for e in ledger
+    ]
+    assert all(e.at == east for e in stored[:12]) and stored[12].at == AT
+    messages = pg_store.outbox_pending("t-rows", 100)
+    assert [(m.type, m.user_id, m.audience, m.payload, m.at) for m in messages] == [
+        (m.type, m.user_id, m.audience, m.payload, m.at) for m in outbox
+    ]
+
+
+def test_a_written_state_is_read_back_without_parsing_it_again(pg_store: Any) -> None:
+    key = BuddyKey("u-cache", AUDIENCE)
+    state = _state("u-cache", coins=3)
+    with pg_store.unit_of_work("t-cache", key) as uow:
+        uow.put_buddy(state)
+    assert pg_store.get_buddy("t-cache", key) is state
+    with pg_store.unit_of_work("t-cache", key) as uow:
+        assert uow.get_buddy() is state
+
+
+def test_unit_statements_are_prepared_once_per_connection(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    store = _store(postgres_dsn, postgres_schema, min_size=1, max_size=1)
+    try:
+        key = BuddyKey("u-prep", AUDIENCE)
+        for coins in range(3):
+            with store.unit_of_work("t-prep", key) as uow:
+                uow.put_buddy(_state("u-prep", coins=coins))
+        assert len(store._prepared) == 1
+        pool = store._get_pool()
+        conn = pool.getconn()
+        try:
+            names = {row[0] for row in conn.execute("SELECT name FROM pg_prepared_statements")}
+        finally:
+            pool.putconn(conn)
+        assert {"buddyrules_lock", "buddyrules_put_buddy", "buddyrules_put_ledger"} <= names
+    finally:
+        store.close()
+
+
+def test_rollbacks_keep_the_prepared_statements(postgres_dsn: str, postgres_schema: str) -> None:
+    from buddyrules.errors import ConflictError
+
+    # One connection: a unit that fails, and one whose commit fails, both roll back on it.
+    store = _store(postgres_dsn, postgres_schema, min_size=1, max_size=1)
+    try:
+        key = BuddyKey("u-rollback", AUDIENCE)
+        with store.unit_of_work("t-rollback", key) as uow:
+            uow.put_receipt(_receipt("r-1", "u-rollback"))
+        with pytest.raises(RuntimeError), store.unit_of_work("t-rollback", key) as uow:
+            uow.put_buddy(_state("u-rollback", coins=1))
+            raise RuntimeError("boom")
+        with pytest.raises(ConflictError), store.unit_of_work("t-rollback", key) as uow:
+            uow.put_receipt(_receipt("r-1", "u-rollback"))
+        assert store.reserve_quota("t-rollback", "2024-05", 2, None) == 2
+        store.release_quota("t-rollback", "2024-05", 1)
+        assert store.quota_used("t-rollback", "2024-05") == 1
+        with store.unit_of_work("t-rollback", key) as uow:
+            assert uow.get_receipt("r-1") == _receipt("r-1", "u-rollback")
+            uow.put_buddy(_state("u-rollback", coins=2))
+        buddy = store.get_buddy("t-rollback", key)
+        assert buddy is not None and buddy.coins == 2
+        assert len(store._prepared) == 1
+    finally:
+        store.close()
+
+
+def _receipt(event_id: str, user_id: str) -> Any:
+    from buddyrules.storage import Receipt
+
+    return Receipt(event_id, "fp-" + event_id, user_id, AUDIENCE, {"coins": 1, "b": ["x"]})
+
+
+def test_a_guessed_receipt_is_read_under_the_buddys_lock(
+    pg_store: Any, postgres_dsn: str, postgres_schema: str
+) -> None:
+    # The engine looks the id up first (absent), then opens the unit: the unit reads that
+    # receipt in its opening round trip, after taking the lock, so a receipt committed in
+    # between (here by another store, for another buddy) is seen, as a separate read would.
+    other = _store(postgres_dsn, postgres_schema)
+    try:
+        assert pg_store.get_receipt("t-guess", "e-1") is None
+        with other.unit_of_work("t-guess", BuddyKey("someone-else", AUDIENCE)) as uow:
+            uow.put_receipt(_receipt("e-1", "someone-else"))
+        with pg_store.unit_of_work("t-guess", BuddyKey("u", AUDIENCE)) as uow:
+            assert uow._prefetched is not None  # the guess was read with the lock
+            assert uow.get_receipt("e-1") == _receipt("e-1", "someone-else")
+            assert uow.get_receipt("e-1") == _receipt("e-1", "someone-else")  # read again
+        # Absent, guessed and then recorded by the unit itself.
+        assert pg_store.get_receipt("t-guess", "e-2") is None
+        with pg_store.unit_of_work("t-guess", BuddyKey("u", AUDIENCE)) as uow:
+            assert uow.get_receipt("e-2") is None
+            uow.put_receipt(_receipt("e-2", "u"))
+            assert uow.get_receipt("e-2") == _receipt("e-2", "u")
+        assert pg_store.get_receipt("t-guess", "e-2") == _receipt("e-2", "u")
+    finally:
+        other.close()
+
+
+def test_a_wrong_or_stale_guess_only_costs_a_read(
+    pg_store: Any, postgres_dsn: str, postgres_schema: str
+) -> None:
+    other = _store(postgres_dsn, postgres_schema)
+    try:
+        # Ids looked up and never applied (say, a quota error) leave stale guesses behind.
+        for event_id in ("stale-1", "stale-2", "e-3"):
+            assert pg_store.get_receipt("t-stale", event_id) is None
+        with other.unit_of_work("t-stale", BuddyKey("someone-else", AUDIENCE)) as uow:
+            uow.put_receipt(_receipt("e-3", "someone-else"))
+            uow.put_receipt(_receipt("stale-1", "someone-else"))
+        with pg_store.unit_of_work("t-stale", BuddyKey("u", AUDIENCE)) as uow:
+            assert uow.get_receipt("e-3") == _receipt("e-3", "someone-else")  # guessed wrong
+            assert uow.get_receipt("stale-1") == _receipt("stale-1", "someone-else")
+        # The guesses up to e-3 were dropped: the next unit guesses nothing.
+        with pg_store.unit_of_work("t-stale", BuddyKey("u", AUDIENCE)) as uow:
+            assert uow._prefetched is None
+            assert uow.get_receipt("e-4") is None
+        # A guess for another tenant is never used for this one.
+        assert pg_store.get_receipt("t-other", "e-5") is None
+        with pg_store.unit_of_work("t-stale", BuddyKey("u", AUDIENCE)) as uow:
+            assert uow._prefetched is None
+            assert uow.get_receipt("e-5") is None
+    finally:
+        other.close()
+
+
+def test_guesses_belong_to_the_thread_that_looked_up(pg_store: Any) -> None:
+    assert pg_store.get_receipt("t-threads", "mine") is None
+    seen: list[Any] = []
+
+    def elsewhere() -> None:
+        with pg_store.unit_of_work("t-threads", BuddyKey("v", AUDIENCE)) as uow:
+            seen.append(uow._prefetched)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert seen == [None]
+    with pg_store.unit_of_work("t-threads", BuddyKey("u", AUDIENCE)) as uow:
+        assert uow._prefetched == ("mine", None)
+        assert uow.get_receipt("mine") is None

@@ -24,11 +24,16 @@ Design, in short (the reasons are next to the code):
   finish, then fails), ledger and outbox rows (new rows, ids from identity sequences). So no
   two units ever wait for each other in opposite orders. Quota is reserved outside the units
   (one autocommit statement), so its row lock is held for a single statement only.
-* **Round trips**: a unit costs two (plus one per ``get_receipt`` inside it): ``BEGIN`` and
-  a call of the ``lock_buddy`` SQL function (lock, then read ``FOR UPDATE``) are pipelined
-  into one, and the unit's writes are buffered and sent with the ``COMMIT`` in one pipeline
-  at the end (so a duplicate receipt is reported on commit, which the store contract
-  allows). psycopg prepares repeated statements on the server.
+* **Round trips**: a unit costs two. Its opening sends ``BEGIN``, a call of the
+  ``lock_buddy`` SQL function (lock, then read ``FOR UPDATE``) and, when it can guess it, the
+  read of the receipt the unit will ask for (see :meth:`PostgresStore._next_probed`) as one
+  query; its writes are buffered and sent with the ``COMMIT`` as one query at the end (so a
+  duplicate receipt is reported on commit, which the store contract allows). Both are
+  simple-protocol queries with client-side parameters (the cheapest way to send several
+  statements for the client) of statements prepared once per connection (``_Sql.prepare``:
+  the server neither parses nor plans them per unit); ledger and outbox rows travel as one
+  JSON parameter per table. The written state comes back as stored (``RETURNING``), so the
+  next read of the buddy finds the parsed state in the cache instead of parsing it again.
 * **group()** keeps one transaction per unit: holding many buddies' locks in one transaction
   across a batch would make two batches that touch the same buddies in different orders
   deadlock each other. What it saves is the fsyncs: inside a group each unit commits with
@@ -59,6 +64,8 @@ import json
 import os
 import re
 import threading
+import weakref
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
@@ -83,6 +90,8 @@ __all__ = ["MIGRATIONS", "PostgresStore"]
 
 _IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _PAGE: Final = 500
+_TUPLES_OK: Final = 2  # libpq's PGRES_TUPLES_OK (psycopg.pq.ExecStatus.TUPLES_OK)
+_PROBED: Final = 256  # receipt look-ups remembered per thread (a batch makes at most 100)
 
 # Identifier columns use the "C" collation: ordering (list_buddies) is by code point, as in
 # the other stores and in Python, whatever the database's locale, and the primary keys serve
@@ -246,38 +255,73 @@ class _Sql:
     def __init__(self, schema: str) -> None:
         s = f'"{schema}"'
         self.lock = "SELECT pg_advisory_xact_lock(%s::bigint)"
-        self.lock_buddy = f"SELECT {s}.lock_buddy(%s::bigint, %s, %s, %s, %s)"
-        self.buddy = (
-            f"SELECT state::text FROM {s}.buddies "
-            "WHERE tenant = %s AND user_id = %s AND audience = %s"
-        )
-        self.receipt = (
+        receipt_columns = (
             f"SELECT event_id, fingerprint, user_id, audience, effects FROM {s}.receipts "
-            "WHERE tenant = %s AND event_id = %s"
         )
-        # A unit's writes are separate statements sent in one pipeline: measured against one
-        # big WITH ... unnest(arrays) statement, adapting the arrays cost more client CPU
-        # (360 vs 273 us) and more time (1.46 vs 1.06 ms) than the round trips it saved.
-        self.put_receipt = (
-            f"INSERT INTO {s}.receipts (tenant, event_id, fingerprint, user_id, audience, "
-            "effects) VALUES (%s, %s, %s, %s, %s, %s::json)"
+        # A unit sends two queries: its opening and its writes with the COMMIT. Each is one
+        # simple-protocol query (several statements, one round trip) with client-side
+        # parameters: psycopg's binding costs a fraction of its per-statement pipeline
+        # machinery (measured: 53 vs 113 us of client CPU for three statements), which was
+        # most of a unit's client cost. Their statements are prepared on each connection
+        # once (``prepare``; a prepared statement belongs to its session), so the server
+        # neither parses nor plans them per unit.
+        self.prepare = "; ".join(
+            (
+                "PREPARE buddyrules_lock (bigint, text, text, text, boolean) AS "
+                f"SELECT {s}.lock_buddy($1, $2, $3, $4, $5)",
+                "PREPARE buddyrules_receipt (text, text) AS "
+                + receipt_columns
+                + "WHERE tenant = $1 AND event_id = $2",
+                "PREPARE buddyrules_put_buddy (text, text, text, jsonb) AS "
+                f"INSERT INTO {s}.buddies (tenant, user_id, audience, state) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, user_id, audience) "
+                "DO UPDATE SET state = EXCLUDED.state, updated_at = now() "
+                # The text the next read will return (jsonb's form, not the one sent):
+                # cached with the state, it spares that read a parse.
+                "RETURNING state::text",
+                "PREPARE buddyrules_put_receipt (text, text, text, text, text, json) AS "
+                f"INSERT INTO {s}.receipts (tenant, event_id, fingerprint, user_id, audience, "
+                "effects) VALUES ($1, $2, $3, $4, $5, $6)",
+                # Ledger and outbox rows travel as one JSON array each (one parameter, encoded
+                # in C, whatever the count; measured earlier, adapting one array per column
+                # cost more client CPU than the round trips it saved). A function scan yields
+                # the rows in array order, so their identity ids follow it.
+                "PREPARE buddyrules_put_ledger (text, json) AS "
+                f"INSERT INTO {s}.ledger (tenant, user_id, audience, currency, amount, "
+                "balance_after, reason, reference, at) SELECT $1, r.user_id, r.audience, "
+                "r.currency, r.amount, r.balance_after, r.reason, r.reference, r.at "
+                "FROM json_to_recordset($2) AS r(user_id text, audience text, currency text, "
+                "amount bigint, balance_after bigint, reason text, reference text, "
+                "at timestamptz)",
+                "PREPARE buddyrules_put_outbox (text, json) AS "
+                f"INSERT INTO {s}.outbox (tenant, type, user_id, audience, payload, at) "
+                "SELECT $1, r.type, r.user_id, r.audience, r.payload, r.at "
+                "FROM json_to_recordset($2) AS r(type text, user_id text, audience text, "
+                "payload jsonb, at timestamptz)",
+            )
         )
-        self.put_buddy = (
-            f"INSERT INTO {s}.buddies (tenant, user_id, audience, state) "
-            "VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT (tenant, user_id, audience) "
-            "DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
+        # The hot autocommit calls are prepared the same way (see _query).
+        self.prepare += "; " + "; ".join(
+            (
+                "PREPARE buddyrules_buddy (text, text, text) AS "
+                f"SELECT state::text FROM {s}.buddies "
+                "WHERE tenant = $1 AND user_id = $2 AND audience = $3",
+                "PREPARE buddyrules_reserve (text, text, bigint, bigint, boolean) AS "
+                f"SELECT {s}.reserve_quota($1, $2, $3, $4, $5)",
+                "PREPARE buddyrules_release (text, text, bigint, boolean) AS "
+                f"SELECT {s}.release_quota($1, $2, $3, $4)",
+            )
         )
-        self.put_ledger = (
-            f"INSERT INTO {s}.ledger (tenant, user_id, audience, currency, amount, "
-            "balance_after, reason, reference, at) "
-            "VALUES (%s, %s, %s, %s, %s::bigint, %s::bigint, %s, %s, %s)"
-        )
-        self.put_outbox = (
-            f"INSERT INTO {s}.outbox (tenant, type, user_id, audience, payload, at) "
-            "VALUES (%s, %s, %s, %s, %s::jsonb, %s)"
-        )
-        self.reserve_quota = f"SELECT {s}.reserve_quota(%s, %s, %s::bigint, %s::bigint, %s)"
-        self.release_quota = f"SELECT {s}.release_quota(%s, %s, %s::bigint, %s)"
+        self.get_buddy = "EXECUTE buddyrules_buddy(%s, %s, %s)"
+        self.get_receipt = "EXECUTE buddyrules_receipt(%s, %s)"
+        self.reserve = "EXECUTE buddyrules_reserve(%s, %s, %s, %s, %s)"
+        self.release = "EXECUTE buddyrules_release(%s, %s, %s, %s)"
+        self.begin_lock = "BEGIN; EXECUTE buddyrules_lock(%s, %s, %s, %s, %s)"
+        self.begin_lock_receipt = f"{self.begin_lock}; {self.get_receipt}"
+        self.put_buddy = "EXECUTE buddyrules_put_buddy(%s, %s, %s, %s)"
+        self.put_receipt = "EXECUTE buddyrules_put_receipt(%s, %s, %s, %s, %s, %s)"
+        self.put_ledger = "EXECUTE buddyrules_put_ledger(%s, %s)"
+        self.put_outbox = "EXECUTE buddyrules_put_outbox(%s, %s)"
         self.quota_used = f"SELECT used FROM {s}.quota WHERE tenant = %s AND month = %s"
         self.buddies_page = (
             f"SELECT user_id, audience, state::text FROM {s}.buddies WHERE tenant = %s "
@@ -421,6 +465,9 @@ class PostgresStore:
         self._pool_lock = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pool_pid = 0
+        self._client_cursor: Any = psycopg_module.ClientCursor
+        # Connections on which _Sql.prepare has run (a closed one drops out by itself).
+        self._prepared: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
         self._error: type[Exception] = psycopg_module.Error
         self._unique_violation: type[Exception] = psycopg_module.errors.UniqueViolation
         self._pool_timeout: type[Exception] = pool_module.PoolTimeout
@@ -454,7 +501,9 @@ class PostgresStore:
                     min_size=self._min_size,
                     max_size=self._max_size,
                     timeout=self._timeout,
-                    kwargs={"autocommit": True},
+                    # psycopg's own prepared statements are off: on seeing a ROLLBACK it
+                    # runs DEALLOCATE ALL, which would drop this store's (see _Sql.prepare).
+                    kwargs={"autocommit": True, "prepare_threshold": None},
                     configure=_configure,
                     name=f"buddyrules-{self._schema}",
                     open=True,
@@ -507,20 +556,32 @@ class PostgresStore:
         doing: str,
         *,
         read_only: bool = True,
+        prepared: bool = False,
     ) -> list[Any]:
         """One autocommit statement on a pooled connection; returns its rows (if any).
 
-        A read that fails because its pooled connection had died (e.g. the server restarted
-        since it was opened) is tried once more on a fresh connection; a write is not, since
-        it may have committed before the connection broke.
+        ``prepared``: ``sql`` is an ``EXECUTE`` of a statement of ``_Sql.prepare``, sent as
+        a simple query with client-side parameters. A read that fails because its pooled
+        connection had died (e.g. the server restarted since it was opened) is tried once
+        more on a fresh connection; a write is not, since it may have committed before the
+        connection broke.
         """
         if not self._ready:
             self._check_schema()
         for attempt in (1, 2):
             conn = self._getconn()
             try:
-                cur = conn.execute(sql, params)
-                return cur.fetchall() if cur.description is not None else []
+                if prepared:
+                    if conn not in self._prepared:
+                        self._prepare(conn)
+                    cur = self._client_cursor(conn)
+                    cur.execute(sql, params)
+                else:
+                    cur = conn.execute(sql, params)
+                # pgresult.status, not cursor.description: the latter builds column
+                # objects on every call, a measurable part of a point read.
+                result = cur.pgresult
+                return cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
             except self._error as exc:
                 if read_only and attempt == 1 and conn.broken:
                     continue
@@ -663,6 +724,20 @@ class PostgresStore:
             return nullcontext()
         return _PostgresGroup(self)
 
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        """Prepare the statements of units on ``conn`` (once per connection).
+
+        Raises the driver's error; a connection where it failed is closed (some statements
+        may be prepared already, and a prepared name cannot be prepared again), so the pool
+        replaces it.
+        """
+        try:
+            conn.execute(self._sql.prepare)
+        except BaseException:
+            conn.close()
+            raise
+        self._prepared.add(conn)
+
     def _in_group(self) -> bool:
         return getattr(self._local, "depth", 0) > 0
 
@@ -681,7 +756,7 @@ class PostgresStore:
     def get_buddy(self, tenant: str, key: BuddyKey) -> BuddyState | None:
         """Read a buddy without locking it."""
         ident = (tenant, key.user_id, key.audience)
-        rows = self._query(self._sql.buddy, ident, "reading a buddy")
+        rows = self._query(self._sql.get_buddy, ident, "reading a buddy", prepared=True)
         return self._states.parsed(ident, rows[0][0]) if rows else None
 
     def list_buddies(self, tenant: str, user_id: str | None = None) -> Iterator[BuddyState]:
@@ -711,8 +786,39 @@ class PostgresStore:
 
     def get_receipt(self, tenant: str, event_id: str) -> Receipt | None:
         """Read a receipt without locking."""
-        rows = self._query(self._sql.receipt, (tenant, event_id), "reading a receipt")
-        return _receipt(rows[0]) if rows else None
+        rows = self._query(
+            self._sql.get_receipt, (tenant, event_id), "reading a receipt", prepared=True
+        )
+        if rows:
+            return _receipt(rows[0])
+        probed = getattr(self._local, "probed", None)
+        if probed is None:
+            probed = self._local.probed = deque(maxlen=_PROBED)
+        probed.append((tenant, event_id))
+        return None
+
+    def _next_probed(self, tenant: str) -> str | None:
+        """The event id the next unit on this thread will probably ask the receipt of.
+
+        The engine looks an event id up (:meth:`get_receipt`, no receipt) before it opens the
+        event's unit, and a batch looks all its ids up, in order, before it applies them; in
+        the unit it asks again, under the buddy's lock. So a unit reads the receipt of the
+        oldest id this thread found absent in its opening round trip, under the lock, just as
+        the later ask would: a right guess saves that round trip, a wrong one costs an index
+        probe (the ask then reads as usual). Each unit takes one guess off the queue.
+        """
+        probed = getattr(self._local, "probed", None)
+        if not probed:
+            return None
+        guess_tenant, event_id = probed.popleft()
+        return event_id if guess_tenant == tenant else None
+
+    def _forget_probed(self, tenant: str, event_id: str) -> None:
+        """A unit asked for ``event_id`` unguessed: drop the guesses up to it (stale ones)."""
+        probed = getattr(self._local, "probed", None)
+        if probed and (tenant, event_id) in probed:
+            while probed.popleft() != (tenant, event_id):
+                pass
 
     def reserve_quota(self, tenant: str, month: str, count: int, limit: int | None) -> int | None:
         """Atomically add ``count`` to the month's usage if it stays within ``limit``.
@@ -723,14 +829,16 @@ class PostgresStore:
         if count < 0:
             raise ValueError("count must not be negative")
         params = (tenant, month, count, limit, not self._durable_quota)
-        rows = self._query(self._sql.reserve_quota, params, "reserving quota", read_only=False)
+        rows = self._query(
+            self._sql.reserve, params, "reserving quota", read_only=False, prepared=True
+        )
         used = rows[0][0] if rows else None
         return int(used) if used is not None else None
 
     def release_quota(self, tenant: str, month: str, count: int) -> None:
         """Give back reserved quota (never below zero)."""
         params = (tenant, month, count, not self._durable_quota)
-        self._query(self._sql.release_quota, params, "releasing quota", read_only=False)
+        self._query(self._sql.release, params, "releasing quota", read_only=False, prepared=True)
 
     def quota_used(self, tenant: str, month: str) -> int:
         """The month's usage."""
@@ -812,6 +920,7 @@ class _PostgresUnit:
         "_ledger",
         "_open",
         "_outbox",
+        "_prefetched",
         "_receipts",
         "_store",
         "_stored",
@@ -830,6 +939,8 @@ class _PostgresUnit:
         self._receipts: dict[str, Receipt] = {}
         self._ledger: list[LedgerRecord] = []
         self._outbox: list[OutboxMessage] = []
+        # (event id, its receipt or None) as read under the lock in the opening round trip
+        self._prefetched: tuple[str, Receipt | None] | None = None
 
     def __enter__(self) -> _PostgresUnit:
         if self._open:
@@ -839,22 +950,36 @@ class _PostgresUnit:
             store._check_schema()
         sql = store._sql
         key = self.key
+        tenant = self._tenant
+        user_id, audience = _key(key)
+        guess = store._next_probed(tenant)
+        in_group = store._in_group()
+        if in_group:
+            store._local.dirty = True  # flushed once when the group ends
+        lock_key = _lock_id(store._schema, tenant, user_id, audience)
+        params: tuple[Any, ...] = (lock_key, tenant, user_id, audience, in_group)
+        query = sql.begin_lock
+        if guess is not None:
+            query = sql.begin_lock_receipt
+            params = (*params, tenant, guess)
         for attempt in (1, 2):
             conn = store._getconn()
             try:
                 # One round trip: BEGIN, then the buddy-key lock and the row read FOR UPDATE
-                # (the lock_buddy SQL function). The buddy's lock is the first (and only
-                # waited-for) lock a unit takes; see "No deadlocks" in the module docstring.
-                in_group = store._in_group()
-                if in_group:
-                    store._local.dirty = True  # flushed once when the group ends
-                lock_key = _lock_id(store._schema, self._tenant, *_key(key))
-                with conn.pipeline():
-                    conn.execute("BEGIN")
-                    cur = conn.execute(
-                        sql.lock_buddy, (lock_key, self._tenant, *_key(key), in_group)
-                    )
+                # (the lock_buddy SQL function), then maybe the receipt this unit is expected
+                # to ask for (see PostgresStore._next_probed). The buddy's lock is the first
+                # (and only waited-for) lock a unit takes; see "No deadlocks" in the module
+                # docstring.
+                if conn not in store._prepared:
+                    store._prepare(conn)
+                cur = store._client_cursor(conn)
+                cur.execute(query, params)
+                cur.nextset()
                 row = cur.fetchone()
+                if guess is not None:
+                    cur.nextset()
+                    found = cur.fetchone()
+                    self._prefetched = (guess, _receipt(found) if found is not None else None)
                 break
             except store._error as exc:
                 _rollback_quietly(conn)
@@ -867,9 +992,10 @@ class _PostgresUnit:
                 store._putconn(conn)
                 raise
         self._conn = conn
-        ident = (self._tenant, *_key(key))
         text = row[0] if row is not None else None
-        self._stored = store._states.parsed(ident, text) if text is not None else None
+        self._stored = (
+            store._states.parsed((tenant, user_id, audience), text) if text is not None else None
+        )
         self._open = True
         return self
 
@@ -882,6 +1008,7 @@ class _PostgresUnit:
         if not self._open:
             return
         self._open = False
+        self._prefetched = None
         conn = self._conn
         assert conn is not None
         self._conn = None
@@ -891,10 +1018,9 @@ class _PostgresUnit:
                 _rollback_quietly(conn)
                 return
             try:
-                self._commit(conn)
-                if self._buddy is not None:
-                    text, state = self._buddy
-                    store._states.remember((self._tenant, *_key(self.key)), text, state)
+                stored = self._commit(conn)
+                if self._buddy is not None and stored is not None:
+                    store._states.remember((self._tenant, *_key(self.key)), stored, self._buddy[1])
             except store._unique_violation as err:
                 _rollback_quietly(conn)
                 diag = getattr(err, "diag", None)
@@ -914,46 +1040,68 @@ class _PostgresUnit:
         finally:
             store._putconn(conn)
 
-    def _commit(self, conn: psycopg.Connection[Any]) -> None:
-        """Send every buffered write and the COMMIT in one pipeline (one round trip)."""
+    def _commit(self, conn: psycopg.Connection[Any]) -> str | None:
+        """Send every buffered write and the COMMIT as one query (one round trip).
+
+        Returns the buddy's state as now stored (as text), if this unit wrote it. A failing
+        statement skips the rest of the query, COMMIT included, and leaves the transaction
+        aborted for the caller to roll back.
+        """
         sql = self._store._sql
         tenant = self._tenant
-        user_id, audience = _key(self.key)
-        with conn.pipeline():
-            for r in self._receipts.values():
-                conn.execute(
-                    sql.put_receipt,
-                    (tenant, r.event_id, r.fingerprint, r.user_id, r.audience, _dumps(r.effects)),
+        statements: list[str] = []
+        params: list[Any] = []
+        if self._buddy is not None:
+            statements.append(sql.put_buddy)  # first: its RETURNING row is the first result
+            params += (tenant, *_key(self.key), self._buddy[0])
+        for r in self._receipts.values():
+            statements.append(sql.put_receipt)
+            params += (tenant, r.event_id, r.fingerprint, r.user_id, r.audience)
+            params.append(_dumps(r.effects))
+        if self._ledger:
+            statements.append(sql.put_ledger)
+            params.append(tenant)
+            params.append(
+                _dumps(
+                    [
+                        {
+                            "user_id": e.user_id,
+                            "audience": e.audience,
+                            "currency": e.currency,
+                            "amount": e.amount,
+                            "balance_after": e.balance_after,
+                            "reason": e.reason,
+                            "reference": e.reference,
+                            "at": e.at,
+                        }
+                        for e in self._ledger
+                    ]
                 )
-            if self._buddy is not None:
-                conn.execute(sql.put_buddy, (tenant, user_id, audience, self._buddy[0]))
-            _insert_rows(
-                conn,
-                sql.put_ledger,
-                [
-                    (
-                        tenant,
-                        e.user_id,
-                        e.audience,
-                        e.currency,
-                        e.amount,
-                        e.balance_after,
-                        e.reason,
-                        e.reference,
-                        e.at,
-                    )
-                    for e in self._ledger
-                ],
             )
-            _insert_rows(
-                conn,
-                sql.put_outbox,
-                [
-                    (tenant, m.type, m.user_id, m.audience, _dumps(m.payload), m.at)
-                    for m in self._outbox
-                ],
+        if self._outbox:
+            statements.append(sql.put_outbox)
+            params.append(tenant)
+            params.append(
+                _dumps(
+                    [
+                        {
+                            "type": m.type,
+                            "user_id": m.user_id,
+                            "audience": m.audience,
+                            "payload": m.payload,
+                            "at": m.at,
+                        }
+                        for m in self._outbox
+                    ]
+                )
             )
-            conn.execute("COMMIT")
+        statements.append("COMMIT")
+        cur = self._store._client_cursor(conn)
+        cur.execute("; ".join(statements), params)
+        if self._buddy is None:
+            return None
+        row = cur.fetchone()
+        return row[0] if row is not None else None
 
     def _check_open(self) -> None:
         if not self._open:
@@ -986,11 +1134,18 @@ class _PostgresUnit:
         mine = self._receipts.get(event_id)
         if mine is not None:
             return mine
+        store = self._store
+        prefetched = self._prefetched
+        if prefetched is not None:
+            self._prefetched = None  # read once: a later call reads afresh
+            if prefetched[0] == event_id:
+                return prefetched[1]
+        store._forget_probed(self._tenant, event_id)
         conn = self._conn
         assert conn is not None
-        store = self._store
         try:
-            row = conn.execute(store._sql.receipt, (self._tenant, event_id)).fetchone()
+            cur = store._client_cursor(conn)
+            row = cur.execute(store._sql.get_receipt, (self._tenant, event_id)).fetchone()
         except store._error as exc:
             store._fail(exc, "reading a receipt")
         return _receipt(row) if row is not None else None
@@ -1014,14 +1169,6 @@ class _PostgresUnit:
         """Buffer outbox messages (written on commit)."""
         self._check_open()
         self._outbox.extend(messages)
-
-
-def _insert_rows(conn: psycopg.Connection[Any], sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """Queue inserts on a pipelined connection (executemany rides the same pipeline)."""
-    if len(rows) == 1:
-        conn.execute(sql, rows[0])
-    elif rows:
-        conn.cursor().executemany(sql, rows)
 
 
 def _key(key: BuddyKey) -> tuple[str, str]:
