@@ -551,8 +551,10 @@ class Engine:
 
     # -- events: steps 1-3 --------------------------------------------------------------------
 
-    def _prepare(self, raw: Event | Mapping[str, Any], current: Rulebook | None) -> _Prepared:
-        """Shape, audience and registration (SPEC §1 steps 1-3); reads, never writes."""
+    def _shape(
+        self, raw: Event | Mapping[str, Any], current: Rulebook | None
+    ) -> tuple[Event, str, BuddyKey]:
+        """Shape and audience (SPEC §1 steps 1-2): the event, its audience and buddy key."""
         if isinstance(raw, Event):
             # An Event built directly skipped validation: run it now, on the same fields.
             fields: dict[str, Any] = {"user_id": raw.user_id, "type": raw.type}
@@ -573,8 +575,17 @@ class Engine:
         # Every configured audience has registered types, so this is the fast membership test.
         if audience is None or audience not in current.event_types:
             audience = self._resolve_audience(current, event.audience)
-        key = _buddy_key(event.user_id, audience)
-        state = self.store.get_buddy(self.tenant, key)
+        return event, audience, _buddy_key(event.user_id, audience)
+
+    def _pin(
+        self,
+        event: Event,
+        audience: str,
+        key: BuddyKey,
+        state: BuddyState | None,
+        current: Rulebook,
+    ) -> _Prepared:
+        """Registration (SPEC §1 step 3) under the rulebook the buddy is pinned to."""
         rulebook = current
         if state is not None and state.rulebook_version != current.version:
             rulebook = self.rulebook(state.rulebook_version)
@@ -583,6 +594,29 @@ class Engine:
             self._check_registered(rulebook, audience, event.type)  # raises
         fingerprint = event.fingerprint(audience) if event.event_id is not None else None
         return _Prepared(event, audience, key, fingerprint, rulebook)
+
+    def _lookup(
+        self, keys: Sequence[BuddyKey], event_ids: Sequence[str]
+    ) -> tuple[dict[BuddyKey, BuddyState], dict[str, Receipt]]:
+        """The buddies and receipts steps 3 and 4 need, in one store call when it can."""
+        lookup = getattr(self.store, "lookup", None)
+        if lookup is not None:
+            found: tuple[dict[BuddyKey, BuddyState], dict[str, Receipt]] = lookup(
+                self.tenant, keys, event_ids
+            )
+            return found
+        # A store written before Store.lookup existed: one read per item.
+        buddies = {}
+        for key in keys:
+            state = self.store.get_buddy(self.tenant, key)
+            if state is not None:
+                buddies[key] = state
+        receipts = {}
+        for event_id in event_ids:
+            receipt = self.store.get_receipt(self.tenant, event_id)
+            if receipt is not None:
+                receipts[event_id] = receipt
+        return buddies, receipts
 
     @staticmethod
     def _check_registered(rulebook: Rulebook, audience: str, event_type: str) -> None:
@@ -778,13 +812,26 @@ class Engine:
         ``event_id`` with the same payload returns the stored effects with ``replayed=True``
         (no rule runs, so a replay carries no trace; receipts never store one).
         """
-        p = self._prepare(event, self._current_or_none())
-        event_id = p.event.event_id
-        if event_id is not None:
-            receipt = self.store.get_receipt(self.tenant, event_id)
-            if receipt is not None:
-                assert p.fingerprint is not None
-                return self._replay_or_conflict(receipt, p.fingerprint, event_id)
+        current = self._current_or_none()
+        shaped, audience, key = self._shape(event, current)
+        assert current is not None  # _shape raised otherwise
+        event_id = shaped.event_id
+        # The buddy (for its pinned rulebook) and the receipt, read together (a MemoryStore
+        # has no round trips to save: two dict reads are cheaper than building the maps).
+        receipt: Receipt | None = None
+        if type(self.store) is MemoryStore:
+            state = self.store.get_buddy(self.tenant, key)
+            if event_id is not None:
+                receipt = self.store.get_receipt(self.tenant, event_id)
+        else:
+            buddies, receipts = self._lookup((key,), () if event_id is None else (event_id,))
+            state = buddies.get(key)
+            if event_id is not None:
+                receipt = receipts.get(event_id)
+        p = self._pin(shaped, audience, key, state, current)
+        if event_id is not None and receipt is not None:
+            assert p.fingerprint is not None
+            return self._replay_or_conflict(receipt, p.fingerprint, event_id)
         now = self.now()
         month = _event_month(now)
         limit = self.monthly_event_quota
@@ -826,11 +873,23 @@ class Engine:
                 {"max": MAX_BATCH, "size": n},
             )
         current = self._current_or_none()
-        prepared: list[_Prepared] = []
+        shaped: list[tuple[int, Event, str, BuddyKey]] = []
         failures: list[tuple[int, BuddyRulesError]] = []
         for i, raw in enumerate(events):
             try:
-                prepared.append(self._prepare(raw, current))
+                shaped.append((i, *self._shape(raw, current)))
+            except BuddyRulesError as exc:
+                failures.append((i, exc))
+        # Every buddy and receipt the batch needs, in one store call.
+        buddies, receipts = self._lookup(
+            [key for _, _, _, key in shaped],
+            [e.event_id for _, e, _, _ in shaped if e.event_id is not None],
+        )
+        prepared: list[_Prepared] = []
+        for i, event, audience, key in shaped:
+            assert current is not None  # _shape raised otherwise
+            try:
+                prepared.append(self._pin(event, audience, key, buddies.get(key), current))
             except BuddyRulesError as exc:
                 failures.append((i, exc))
         if failures:
@@ -859,7 +918,7 @@ class Engine:
                     duplicate_of[i] = j
                     continue
                 first_by_id[event_id] = i
-                receipt = self.store.get_receipt(self.tenant, event_id)
+                receipt = receipts.get(event_id)
                 if receipt is not None:
                     results[i] = self._replay_or_conflict(receipt, p.fingerprint, event_id)
                 else:

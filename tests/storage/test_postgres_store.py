@@ -5,6 +5,7 @@ Needs ``BUDDYRULES_TEST_POSTGRES_DSN`` (see conftest.py: skipped without it, fai
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import threading
@@ -547,3 +548,160 @@ def test_guesses_belong_to_the_thread_that_looked_up(pg_store: Any) -> None:
     with pg_store.unit_of_work("t-threads", BuddyKey("u", AUDIENCE)) as uow:
         assert uow._prefetched == ("mine", None)
         assert uow.get_receipt("mine") is None
+
+
+# -- lookup: many buddies and receipts in one round trip ---------------------------------------
+
+# Identifiers that would break naive array or string quoting.
+ODD_IDS = ("NULL", "", " u ", "U", "a'b", 'a"b', "a\\b", "{x,y}", "(1, 2)", "é😀", "a,b")
+
+
+def _lookup_expected(
+    store: Any, tenant: str, keys: list[BuddyKey], event_ids: list[str]
+) -> tuple[dict[BuddyKey, BuddyState], dict[str, Any]]:
+    """What one get_buddy per key and one get_receipt per id return (absent ones left out)."""
+    buddies = {k: s for k in keys if (s := store.get_buddy(tenant, k)) is not None}
+    receipts = {i: r for i in event_ids if (r := store.get_receipt(tenant, i)) is not None}
+    return buddies, receipts
+
+
+class _CountingCursor:
+    """Counts the queries (round trips) a store sends through its client cursors."""
+
+    def __init__(self, factory: Any, sent: list[str]) -> None:
+        self._factory = factory
+        self._sent = sent
+
+    def __call__(self, conn: Any) -> Any:
+        cursor = self._factory(conn)
+        sent = self._sent
+        execute = cursor.execute
+
+        def counted(query: Any, params: Any = None) -> Any:
+            sent.append(str(query))
+            return execute(query, params)
+
+        cursor.execute = counted
+        return cursor
+
+
+@pytest.fixture
+def filled_pg_store(pg_store: Any) -> tuple[Any, str, str]:
+    """pg_store with buddies and receipts in two tenants of its own (the schema is shared)."""
+    suffix = secrets.token_hex(4)
+    tenant_a, tenant_b = f"t-look-a-{suffix}", f"t-look-b-{suffix}"
+    for tenant, coins in ((tenant_a, 1), (tenant_b, 7)):
+        for i, user_id in enumerate(("u0", "u1", "u2", *ODD_IDS)):
+            with pg_store.unit_of_work(tenant, BuddyKey(user_id, AUDIENCE)) as uow:
+                uow.put_buddy(_state(user_id, coins=coins + i))
+                uow.put_receipt(_receipt("e-" + user_id, user_id))
+        with pg_store.unit_of_work(tenant, BuddyKey("u0", "teacher")) as uow:
+            uow.put_buddy(BuddyState(user_id="u0", audience="teacher", rulebook_version="v1"))
+    return pg_store, tenant_a, tenant_b
+
+
+def _k(user_id: str, audience: str = AUDIENCE) -> BuddyKey:
+    return BuddyKey(user_id, audience)
+
+
+LOOKUP_INPUTS: list[tuple[list[BuddyKey], list[str]]] = [
+    ([], []),
+    ([_k("u0")], ["e-u0"]),
+    ([_k("u0")], ["absent"]),
+    ([_k("nobody")], ["e-u1"]),
+    ([_k("u1")], []),
+    ([], ["e-u2"]),
+    ([_k("u0"), _k("u0", "teacher"), _k("u0", "parent")], []),
+    ([], ["e-u0", "absent", "e-u1"]),
+    ([_k(u) for u in ("u2", "nobody", "u0", "u2", "u1", "u0")], ["e-u1", "x", "e-u1", "e-u0"]),
+    ([_k(u) for u in ODD_IDS], ["e-" + u for u in ODD_IDS]),
+    ([_k("u0"), _k("u0")], ["e-u0", "e-u0"]),
+]
+
+
+@pytest.mark.parametrize(("keys", "event_ids"), LOOKUP_INPUTS)
+def test_lookup_returns_what_get_buddy_and_get_receipt_return_in_one_round_trip(
+    filled_pg_store: tuple[Any, str, str],
+    postgres_dsn: str,
+    postgres_schema: str,
+    keys: list[BuddyKey],
+    event_ids: list[str],
+) -> None:
+    store, tenant_a, tenant_b = filled_pg_store
+    for tenant in (tenant_a, tenant_b, tenant_a + "-empty"):
+        sent: list[str] = []
+        cursor_class = store._client_cursor
+        store._client_cursor = _CountingCursor(cursor_class, sent)
+        try:
+            buddies, receipts = store.lookup(tenant, keys, event_ids)
+        finally:
+            store._client_cursor = cursor_class
+        assert len(sent) == (1 if keys or event_ids else 0)
+        assert (buddies, receipts) == _lookup_expected(store, tenant, keys, event_ids)
+        for key, state in buddies.items():
+            assert state is store.get_buddy(tenant, key)  # the same parse cache
+    # A store with a cold parse cache reads the same.
+    cold = _store(postgres_dsn, postgres_schema)
+    try:
+        found = cold.lookup(tenant_a, keys, event_ids)
+        assert found == _lookup_expected(store, tenant_a, keys, event_ids)
+    finally:
+        cold.close()
+
+
+def test_lookup_keeps_tenants_apart(filled_pg_store: tuple[Any, str, str]) -> None:
+    store, tenant_a, tenant_b = filled_pg_store
+    keys = [_k("u0"), _k("u1")]
+    mine = store.lookup(tenant_a, keys, ["e-u0"])
+    other = store.lookup(tenant_b, keys, ["e-u0"])
+    assert [s.coins for s in mine[0].values()] == [1, 2]
+    assert [s.coins for s in other[0].values()] == [7, 8]
+    assert set(mine[1]) == set(other[1]) == {"e-u0"}
+
+
+def test_lookup_of_nothing_sends_nothing() -> None:
+    from buddyrules.storage.postgres import PostgresStore
+
+    # No server is ever contacted (the pool is created on first use).
+    store = PostgresStore("postgresql://nobody@127.0.0.1:1/none", timeout=0.5)
+    try:
+        assert store.lookup(T, [], []) == ({}, {})
+        assert store._pool is None
+    finally:
+        store.close()
+
+
+def test_absent_ids_from_lookup_are_guessed_by_the_next_units(
+    pg_store: Any, postgres_dsn: str, postgres_schema: str
+) -> None:
+    with pg_store.unit_of_work("t-look-guess", _k("u")) as uow:
+        uow.put_receipt(_receipt("old", "u"))
+    # Found ids are not guesses; absent ones are, each once, in input order.
+    keys = [_k("u"), _k("v")]
+    found = pg_store.lookup("t-look-guess", keys, ["n-1", "old", "n-2", "n-1", "n-3"])
+    assert set(found[1]) == {"old"}
+    assert list(pg_store._local.probed) == [
+        ("t-look-guess", "n-1"),
+        ("t-look-guess", "n-2"),
+        ("t-look-guess", "n-3"),
+    ]
+    other = _store(postgres_dsn, postgres_schema)
+    try:
+        # n-2 is recorded meanwhile by another store: its guessed read sees it under the lock.
+        with other.unit_of_work("t-look-guess", _k("w")) as uow:
+            uow.put_receipt(_receipt("n-2", "w"))
+    finally:
+        other.close()
+    with pg_store.unit_of_work("t-look-guess", _k("u")) as uow:
+        assert uow._prefetched == ("n-1", None)
+        assert uow.get_receipt("n-1") is None
+        uow.put_receipt(_receipt("n-1", "u"))
+    with pg_store.unit_of_work("t-look-guess", _k("v")) as uow:
+        assert uow._prefetched == ("n-2", _receipt("n-2", "w"))
+        assert uow.get_receipt("n-2") == _receipt("n-2", "w")
+    # A single send (one key, one id) queues its id the same way.
+    assert pg_store.lookup("t-look-guess", [_k("u")], ["n-4"])[1] == {}
+    assert list(pg_store._local.probed) == [("t-look-guess", "n-3"), ("t-look-guess", "n-4")]
+    with pg_store.unit_of_work("t-look-guess", _k("u")) as uow:
+        assert uow.get_receipt("n-4") is None  # n-3 was never applied: a stale guess, dropped
+    assert not pg_store._local.probed

@@ -456,6 +456,27 @@ class MemoryStore:
         row = data.receipts.get(event_id) if data is not None else None
         return _receipt_of(event_id, row) if row is not None else None
 
+    def lookup(
+        self, tenant: str, keys: Sequence[BuddyKey], event_ids: Sequence[str]
+    ) -> tuple[dict[BuddyKey, BuddyState], dict[str, Receipt]]:
+        """Several buddies and receipts at once (see :meth:`Store.lookup`)."""
+        data = self._tenants.get(tenant)
+        buddies: dict[BuddyKey, BuddyState] = {}
+        receipts: dict[str, Receipt] = {}
+        if data is None:
+            return buddies, receipts
+        states = data.buddies
+        for key in keys:
+            state = states.get((key.user_id, key.audience))
+            if state is not None:
+                buddies[key] = state
+        rows = data.receipts
+        for event_id in event_ids:
+            row = rows.get(event_id)
+            if row is not None:
+                receipts[event_id] = _receipt_of(event_id, row)
+        return buddies, receipts
+
     # -- quota ----------------------------------------------------------------------------
 
     def reserve_quota(self, tenant: str, month: str, count: int, limit: int | None) -> int | None:

@@ -310,8 +310,25 @@ class _Sql:
                 f"SELECT {s}.reserve_quota($1, $2, $3, $4, $5)",
                 "PREPARE buddyrules_release (text, text, bigint, boolean) AS "
                 f"SELECT {s}.release_quota($1, $2, $3, $4)",
+                # PostgresStore.lookup: many keys per statement (as arrays; unnest pairs the
+                # buddies' two up in order), each one primary-key probe. The LATERAL
+                # subqueries with OFFSET 0 cannot be flattened into a join, so the plan stays
+                # a nested loop of index probes: with a plain join or ``= ANY``, the generic
+                # plan of a prepared statement was seen to scan the tenant's whole key range.
+                "PREPARE buddyrules_lookup_buddies (text, text[], text[]) AS "
+                "SELECT b.user_id, b.audience, b.state::text "
+                "FROM unnest($2, $3) AS k(user_id, audience) CROSS JOIN LATERAL "
+                f"(SELECT user_id, audience, state FROM {s}.buddies WHERE tenant = $1 "
+                "AND user_id = k.user_id AND audience = k.audience OFFSET 0) AS b",
+                "PREPARE buddyrules_lookup_receipts (text, text[]) AS "
+                "SELECT r.event_id, r.fingerprint, r.user_id, r.audience, r.effects "
+                "FROM unnest($2) AS k(event_id) CROSS JOIN LATERAL "
+                "(SELECT event_id, fingerprint, user_id, audience, effects "
+                f"FROM {s}.receipts WHERE tenant = $1 AND event_id = k.event_id OFFSET 0) AS r",
             )
         )
+        self.lookup_buddies = "EXECUTE buddyrules_lookup_buddies(%s, %s, %s)"
+        self.lookup_receipts = "EXECUTE buddyrules_lookup_receipts(%s, %s)"
         self.get_buddy = "EXECUTE buddyrules_buddy(%s, %s, %s)"
         self.get_receipt = "EXECUTE buddyrules_receipt(%s, %s)"
         self.reserve = "EXECUTE buddyrules_reserve(%s, %s, %s, %s, %s)"
@@ -791,11 +808,101 @@ class PostgresStore:
         )
         if rows:
             return _receipt(rows[0])
-        probed = getattr(self._local, "probed", None)
+        self._probed().append((tenant, event_id))
+        return None
+
+    def lookup(
+        self, tenant: str, keys: Sequence[BuddyKey], event_ids: Sequence[str]
+    ) -> tuple[dict[BuddyKey, BuddyState], dict[str, Receipt]]:
+        """Read several buddies and receipts at once, without locking: one round trip.
+
+        The same results as :meth:`get_buddy` per key and :meth:`get_receipt` per id (absent
+        ones are missing). One simple-protocol query of prepared statements: the buddies'
+        and the receipts' (a single key or id uses the statement of ``get_buddy`` or
+        ``get_receipt``); an empty input sends no statement for its table, and nothing at all
+        when both are empty. Like :meth:`get_receipt`, the ids found absent are queued as
+        guesses for the next units of this thread (see :meth:`_next_probed`), each distinct
+        id once, in input order: the engine applies each new id once, in that order.
+        """
+        buddies: dict[BuddyKey, BuddyState] = {}
+        receipts: dict[str, Receipt] = {}
+        # Duplicates are read (and queued as guesses) once, first occurrence first.
+        wanted_keys = list(dict.fromkeys(keys))
+        wanted_ids = list(dict.fromkeys(event_ids))
+        if not wanted_keys and not wanted_ids:
+            return buddies, receipts
+        sql = self._sql
+        statements: list[str] = []
+        params: list[Any] = []
+        if len(wanted_keys) == 1:
+            statements.append(sql.get_buddy)
+            params += (tenant, wanted_keys[0].user_id, wanted_keys[0].audience)
+        elif wanted_keys:
+            statements.append(sql.lookup_buddies)
+            params += (
+                tenant,
+                [key.user_id for key in wanted_keys],
+                [key.audience for key in wanted_keys],
+            )
+        if len(wanted_ids) == 1:
+            statements.append(sql.get_receipt)
+            params += (tenant, wanted_ids[0])
+        elif wanted_ids:
+            statements.append(sql.lookup_receipts)
+            params += (tenant, wanted_ids)
+        results = self._query_sets("; ".join(statements), params, "reading buddies and receipts")
+        if wanted_keys:
+            rows = results.pop(0)
+            parsed = self._states.parsed
+            if len(wanted_keys) == 1:
+                # get_buddy's statement returns the state only.
+                if rows:
+                    key = wanted_keys[0]
+                    buddies[key] = parsed((tenant, key.user_id, key.audience), rows[0][0])
+            else:
+                for user_id, audience, text in rows:
+                    state = parsed((tenant, user_id, audience), text)
+                    buddies[BuddyKey(user_id, audience)] = state
+        if wanted_ids:
+            for row in results.pop(0):
+                receipts[row[0]] = _receipt(row)
+            probed = self._probed()
+            probed.extend((tenant, i) for i in wanted_ids if i not in receipts)
+        return buddies, receipts
+
+    def _probed(self) -> deque[tuple[str, str]]:
+        """This thread's queue of (tenant, event id) found absent (see :meth:`_next_probed`)."""
+        probed: deque[tuple[str, str]] | None = getattr(self._local, "probed", None)
         if probed is None:
             probed = self._local.probed = deque(maxlen=_PROBED)
-        probed.append((tenant, event_id))
-        return None
+        return probed
+
+    def _query_sets(self, sql: str, params: Sequence[Any], doing: str) -> list[list[Any]]:
+        """The rows of each statement of a read-only query of prepared statements.
+
+        One simple-protocol query (one round trip) on a pooled connection, retried once on a
+        fresh connection if the pooled one had died, as :meth:`_query` does for reads.
+        """
+        if not self._ready:
+            self._check_schema()
+        for attempt in (1, 2):
+            conn = self._getconn()
+            try:
+                if conn not in self._prepared:
+                    self._prepare(conn)
+                cur = self._client_cursor(conn)
+                cur.execute(sql, params)
+                results = [cur.fetchall()]
+                while cur.nextset():
+                    results.append(cur.fetchall())
+                return results
+            except self._error as exc:
+                if attempt == 1 and conn.broken:
+                    continue
+                self._fail(exc, doing)
+            finally:
+                self._putconn(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _next_probed(self, tenant: str) -> str | None:
         """The event id the next unit on this thread will probably ask the receipt of.

@@ -178,6 +178,19 @@ class Store(Protocol):
         """Read a receipt without locking."""
         ...
 
+    def lookup(
+        self, tenant: str, keys: Sequence[BuddyKey], event_ids: Sequence[str]
+    ) -> tuple[dict[BuddyKey, BuddyState], dict[str, Receipt]]:
+        """Read several buddies and receipts at once, without locking.
+
+        Returns the buddies found (by key) and the receipts found (by event id); absent keys
+        and ids are missing. Exactly what :meth:`get_buddy` for each key and
+        :meth:`get_receipt` for each id would return, in as few round trips as the store can
+        (the Engine reads a batch's buddies and receipts, or one event's, with one call).
+        Duplicates are allowed; either sequence may be empty.
+        """
+        ...
+
     def reserve_quota(self, tenant: str, month: str, count: int, limit: int | None) -> int | None:
         """Atomically add ``count`` to the month's usage if it stays within ``limit``.
 

@@ -255,6 +255,43 @@ _SQL_GET_RECEIPT_AND_BUDDY: Final = (
     "(SELECT state FROM buddies WHERE tenant = ?1 AND user_id = ?3 AND audience = ?4) "
     "FROM (SELECT 1) LEFT JOIN receipts AS r ON r.tenant = ?1 AND r.event_id = ?2"
 )
+# Several buddies or receipts by key (SQLiteStore.lookup): the keys are a VALUES list joined
+# to the table, each key one primary-key search. A row-value ``IN (VALUES ...)`` would be
+# simpler, but SQLite's planner then scans the tenant's whole key range (measured: 3.6 ms for
+# 100 keys, against 0.2 ms for the join). CROSS JOIN pins the key list as the outer loop.
+# The list length is rounded up to a power of two (padded with NULLs, which match nothing),
+# so a handful of statement texts serve every batch size from SQLite's statement cache.
+_LOOKUP_CHUNK: Final = 128  # keys per statement: 2 * 128 + 1 variables, well below 999
+
+
+def _sql_lookup_buddies(size: int) -> str:
+    keys = ", ".join(["(?, ?)"] * size)
+    return (
+        f"SELECT b.user_id, b.audience, b.state FROM (VALUES {keys}) AS k "
+        "CROSS JOIN buddies AS b "
+        "ON b.tenant = ? AND b.user_id = k.column1 AND b.audience = k.column2"
+    )
+
+
+def _sql_lookup_receipts(size: int) -> str:
+    ids = ", ".join(["(?)"] * size)
+    return (
+        f"SELECT r.event_id, r.fingerprint, r.user_id, r.audience, r.effects "
+        f"FROM (VALUES {ids}) AS k CROSS JOIN receipts AS r "
+        "ON r.tenant = ? AND r.event_id = k.column1"
+    )
+
+
+_LOOKUP_SIZES: Final = tuple(2**i for i in range(_LOOKUP_CHUNK.bit_length()))
+_SQL_LOOKUP_BUDDIES: Final = {size: _sql_lookup_buddies(size) for size in _LOOKUP_SIZES}
+_SQL_LOOKUP_RECEIPTS: Final = {size: _sql_lookup_receipts(size) for size in _LOOKUP_SIZES}
+
+
+def _lookup_size(count: int) -> int:
+    """The statement size for ``count`` keys (1 <= count <= _LOOKUP_CHUNK): a power of two."""
+    return 1 << (count - 1).bit_length()
+
+
 _SQL_PUT_RECEIPT: Final = (
     "INSERT INTO receipts (tenant, event_id, fingerprint, user_id, audience, effects) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -791,6 +828,16 @@ class SQLiteStore:
             return self._retrying(lambda: conn.db.execute(sql, params).fetchone(), doing)  # type: ignore[no-any-return]
         return row
 
+    def _read_all(
+        self, conn: _Connection, sql: str, params: Sequence[Any], doing: str
+    ) -> list[tuple[Any, ...]]:
+        """Every row of a read on ``conn`` (first tried without a closure, like _read_one)."""
+        try:
+            rows: list[tuple[Any, ...]] = conn.db.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return self._retrying(lambda: conn.db.execute(sql, params).fetchall(), doing)
+        return rows
+
     def _read(self, sql: str, params: Sequence[Any], doing: str) -> list[Any]:
         return self._write(sql, params, doing)  # type: ignore[no-any-return]
 
@@ -932,6 +979,61 @@ class SQLiteStore:
         key = (tenant, event_id)
         row = self._read_one(self._synced(), _SQL_GET_RECEIPT, key, "reading a receipt")
         return _receipt(row) if row is not None else None
+
+    def lookup(
+        self, tenant: str, keys: Sequence[BuddyKey], event_ids: Sequence[str]
+    ) -> tuple[dict[BuddyKey, BuddyState], dict[str, Receipt]]:
+        """Read several buddies and receipts at once, without locking.
+
+        The same results as :meth:`get_buddy` per key and :meth:`get_receipt` per id (absent
+        ones are missing), read on the same connection, so a group's held-back rows are seen
+        as those see them. One buddy and one receipt (a single send) are one statement;
+        otherwise one statement per table and per 128 distinct keys, none for an empty input.
+        """
+        buddies: dict[BuddyKey, BuddyState] = {}
+        receipts: dict[str, Receipt] = {}
+        # Duplicates are read once (dicts keep the first occurrence's order).
+        wanted_keys = list(dict.fromkeys(keys))
+        wanted_ids = list(dict.fromkeys(event_ids))
+        if not wanted_keys and not wanted_ids:
+            return buddies, receipts
+        conn = self._synced()
+        parsed = conn.states.parsed
+        if len(wanted_keys) == 1 and len(wanted_ids) == 1:
+            # A single send: the receipt and the buddy in one cached statement.
+            key = wanted_keys[0]
+            event_id = wanted_ids[0]
+            both = self._read_one(
+                conn,
+                _SQL_GET_RECEIPT_AND_BUDDY,
+                (tenant, event_id, key.user_id, key.audience),
+                "reading a buddy and a receipt",
+            )
+            assert both is not None  # the statement always yields exactly one row
+            if both[5] is not None:
+                buddies[key] = parsed((tenant, key.user_id, key.audience), both[5])
+            if both[0] is not None:
+                receipts[event_id] = _receipt(both[:5])
+            return buddies, receipts
+        for start in range(0, len(wanted_keys), _LOOKUP_CHUNK):
+            chunk = wanted_keys[start : start + _LOOKUP_CHUNK]
+            size = _lookup_size(len(chunk))
+            params: list[Any] = []
+            for key in chunk:
+                params += (key.user_id, key.audience)
+            params += [None] * (2 * (size - len(chunk)))
+            params.append(tenant)
+            rows = self._read_all(conn, _SQL_LOOKUP_BUDDIES[size], params, "reading buddies")
+            for user_id, audience, text in rows:
+                buddies[BuddyKey(user_id, audience)] = parsed((tenant, user_id, audience), text)
+        for start in range(0, len(wanted_ids), _LOOKUP_CHUNK):
+            ids = wanted_ids[start : start + _LOOKUP_CHUNK]
+            size = _lookup_size(len(ids))
+            params = [*ids, *([None] * (size - len(ids))), tenant]
+            rows = self._read_all(conn, _SQL_LOOKUP_RECEIPTS[size], params, "reading receipts")
+            for row in rows:
+                receipts[row[0]] = _receipt(row)
+        return buddies, receipts
 
     def reserve_quota(self, tenant: str, month: str, count: int, limit: int | None) -> int | None:
         """Atomically add ``count`` to the month's usage if it stays within ``limit``.

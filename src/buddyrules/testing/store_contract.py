@@ -293,6 +293,28 @@ class StoreContract:
         assert store.get_receipt(tenant, "evt-ü-1") == receipt
         assert store.get_receipt(tenant, "evt-missing") is None
 
+    def test_lookup_reads_what_single_reads_read(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        alice, bob, carol = (BuddyKey(u, AUDIENCE) for u in ("alice", "bob", "carol"))
+        with store.unit_of_work(tenant, alice) as uow:
+            uow.put_buddy(_rich_state("alice"))
+            uow.put_receipt(_receipt("e1", "alice"))
+        with store.unit_of_work(tenant, bob) as uow:
+            uow.put_buddy(_state("bob", coins=7))
+            uow.put_receipt(_receipt("e2", "bob", fingerprint="fp-2"))
+        keys = [alice, carol, bob, alice]  # carol has no buddy; alice twice
+        ids = ["e2", "missing", "e1", "e2"]
+        buddies, receipts = store.lookup(tenant, keys, ids)
+        assert buddies == {k: s for k in keys if (s := store.get_buddy(tenant, k)) is not None}
+        assert set(buddies) == {alice, bob}
+        assert receipts == {i: r for i in ids if (r := store.get_receipt(tenant, i)) is not None}
+        assert set(receipts) == {"e1", "e2"}
+        assert store.lookup(tenant, [], []) == ({}, {})
+        assert store.lookup(tenant, [alice], []) == ({alice: _rich_state("alice")}, {})
+        assert store.lookup(tenant, [], ["e1"]) == ({}, {"e1": _receipt("e1", "alice")})
+        assert store.lookup(other_tenant, keys, ids) == ({}, {})
+
     def test_a_receipt_id_is_unique_per_tenant(self, store: Store, tenant: str) -> None:
         with store.unit_of_work(tenant, BuddyKey("alice", AUDIENCE)) as uow:
             uow.put_receipt(_receipt("e1", "alice"))
