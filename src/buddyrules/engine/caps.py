@@ -91,18 +91,37 @@ def record_usage(turn: Turn, key: str, credited: int, ctx: EventContext) -> None
 
 
 def record(turn: Turn, key: str, usage: RuleUsage | None, credited: int, ctx: EventContext) -> None:
-    """:func:`record_usage` given the rule's usage before this grant (the hot path)."""
+    """:func:`record_usage` given the rule's usage before this grant (the hot path).
+
+    Only the latest day's and ISO week's totals are kept: a grant in a later period starts
+    its total, one in the same period adds to it, and a late event (an earlier period)
+    never rewinds the count. :meth:`Turn.set_usage` is inlined: this runs for most events.
+    """
+    day = ctx.day
+    week = ctx.week
     if usage is None:
         values = {
-            "day": ctx.day,
+            "day": day,
             "day_total": credited,
-            "week": ctx.week,
+            "week": week,
             "week_total": credited,
             "times": 1,
         }
     else:
-        day, day_total = _advance(usage.day, usage.day_total, ctx.day, credited)
-        week, week_total = _advance(usage.week, usage.week_total, ctx.week, credited)
+        last = usage.day
+        if last is None or day > last:
+            day_total = credited
+        elif day == last:
+            day_total = usage.day_total + credited
+        else:  # a late event never rewinds the latest period's count
+            day, day_total = last, usage.day_total
+        last = usage.week
+        if last is None or week > last:
+            week_total = credited
+        elif week == last:
+            week_total = usage.week_total + credited
+        else:
+            week, week_total = last, usage.week_total
         values = {
             "day": day,
             "day_total": day_total,
@@ -110,12 +129,7 @@ def record(turn: Turn, key: str, usage: RuleUsage | None, credited: int, ctx: Ev
             "week_total": week_total,
             "times": usage.times + 1,
         }
-    turn.set_usage(key, trusted_usage(values))
-
-
-def _advance(last: int | None, total: int, current: int, credited: int) -> tuple[int, int]:
-    if last is None or current > last:
-        return current, credited
-    if current == last:
-        return current, total + credited
-    return last, total  # a late event never rewinds the latest period's count
+    if not turn._usage_owned:
+        turn.rule_usage = dict(turn.rule_usage)
+        turn._usage_owned = True
+    turn.rule_usage[key] = trusted_usage(values)
