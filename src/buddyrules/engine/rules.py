@@ -122,7 +122,7 @@ def apply_coin_rules(turn: Turn, rules: tuple[CoinRule, ...], ctx: EventContext)
                 if credited > 0:
                     record(turn, rule.key, usage, credited, ctx)
             if credited > 0:
-                turn.credit_coins(credited, f"rule:{rule.key}")
+                turn.credit_coins(credited, rule.reason)
         if entry is not None:
             _finish_entry(entry, grant, credited, why)
 
@@ -194,7 +194,7 @@ def apply_token_rules(turn: Turn, rules: tuple[TokenRule, ...], ctx: EventContex
                 credited, why = clip(usage, grant, ctx, rule.daily_cap, rule.weekly_cap, None)
             if credited > 0:
                 before = credited
-                credited = turn.credit_token(rule.token, credited, f"rule:{rule.key}")
+                credited = turn.credit_token(rule.token, credited, rule.reason)
                 if credited < before:
                     why = f"max_balance of {rule.token!r} reached (clipped {before - credited})"
                 if rule.limited and credited > 0:

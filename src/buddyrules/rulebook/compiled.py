@@ -114,15 +114,20 @@ class CoinRule:
     daily_cap: int | None
     weekly_cap: int | None
     total_limit: int | None
+    #: Whether the rule has a period cap or a total limit (its credits are counted).
+    limited: bool = field(init=False, repr=False, compare=False)
+    #: The ledger reason of its credits, ``"rule:<key>"``.
+    reason: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def limited(self) -> bool:
-        """Whether the rule has a period cap or a total limit (its credits are counted)."""
-        return (
+    def __post_init__(self) -> None:
+        # Derived once here, not per event (frozen: set through object.__setattr__).
+        limited = (
             self.daily_cap is not None
             or self.weekly_cap is not None
-            or (self.total_limit is not None)
+            or self.total_limit is not None
         )
+        object.__setattr__(self, "limited", limited)
+        object.__setattr__(self, "reason", f"rule:{self.key}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +156,16 @@ class TokenRule:
     audience: str | None
     daily_cap: int | None
     weekly_cap: int | None
+    #: Whether the rule has a period cap (its credits are counted).
+    limited: bool = field(init=False, repr=False, compare=False)
+    #: The ledger reason of its credits, ``"rule:<key>"``.
+    reason: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def limited(self) -> bool:
-        """Whether the rule has a period cap (its credits are counted)."""
-        return self.daily_cap is not None or self.weekly_cap is not None
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "limited", self.daily_cap is not None or self.weekly_cap is not None
+        )
+        object.__setattr__(self, "reason", f"rule:{self.key}")
 
 
 @dataclass(frozen=True, slots=True)
