@@ -32,6 +32,15 @@ Design, in short (the reasons are next to the code):
   Python and are written when it commits, one statement per table; a failing unit just drops
   them. Every unit runs under SQLite's write lock from its start, so what it read or checked
   (its buddy's row and receipt ids, read together in one statement) still holds then.
+* **Units reuse the lookup's rows**: :meth:`SQLiteStore.lookup` outside a transaction
+  remembers (per connection, only its last call) the buddy rows and receipt ids it read, with
+  the connection's ``PRAGMA data_version`` read in (or before) the first of its statements. A
+  unit under the write lock reads ``data_version`` once per transaction; unchanged means no
+  other connection (thread, store or process) has committed since, so the unit's
+  ``get_receipt`` / ``get_buddy`` answer from those rows without SQL. This connection's own
+  commits leave the version as it is, so a row is forgotten as soon as a unit of this
+  connection puts it (committed or not); a lookup inside a transaction (whose rows a rollback
+  could undo) remembers nothing; a changed version drops everything remembered.
 * **Batches**: inside :meth:`SQLiteStore.group` the thread opens one ``BEGIN IMMEDIATE``
   transaction; each unit that completes hands its rows to the group, a failing unit rolls back
   alone (its rows are dropped), and leaving the group writes the rows of every unit that
@@ -186,6 +195,12 @@ _BACKOFF_BASE: Final = 0.01
 _BACKOFF_CAP: Final = 0.5
 _PAGE: Final = 500
 _STATE_CACHE_SIZE: Final = 4096
+# _Connection.memo_state (see _Connection.recall).
+_MEMO_UNUSABLE: Final = 0
+_MEMO_UNCHECKED: Final = 1
+_MEMO_VALID: Final = 2
+# A missing entry in the remembered rows (None means "remembered as absent").
+_UNKNOWN: Final[Any] = object()
 # Checkpoints (copying the WAL back into the database file, with two fsyncs) run on a
 # background thread every CHECKPOINT_INTERVAL seconds. Left to SQLite, the commit that crosses
 # the auto-checkpoint threshold does it and waits for the fsyncs: measured, the median commit
@@ -255,6 +270,16 @@ _SQL_GET_RECEIPT_AND_BUDDY: Final = (
     "(SELECT state FROM buddies WHERE tenant = ?1 AND user_id = ?3 AND audience = ?4) "
     "FROM (SELECT 1) LEFT JOIN receipts AS r ON r.tenant = ?1 AND r.event_id = ?2"
 )
+# The same for a single send's lookup, with this connection's ``PRAGMA data_version`` read in
+# the same statement, hence in the same read transaction (snapshot) as the rows: what a later
+# unit compares to know that the rows are still current (see _Connection.recall).
+_SQL_LOOKUP_ONE: Final = (
+    "SELECT r.event_id, r.fingerprint, r.user_id, r.audience, r.effects, "
+    "(SELECT state FROM buddies WHERE tenant = ?1 AND user_id = ?3 AND audience = ?4), "
+    "(SELECT data_version FROM pragma_data_version) "
+    "FROM (SELECT 1) LEFT JOIN receipts AS r ON r.tenant = ?1 AND r.event_id = ?2"
+)
+_SQL_DATA_VERSION: Final = "PRAGMA data_version"
 # Several buddies or receipts by key (SQLiteStore.lookup): the keys are a VALUES list joined
 # to the table, each key one primary-key search. A row-value ``IN (VALUES ...)`` would be
 # simpler, but SQLite's planner then scans the tenant's whole key range (measured: 3.6 ms for
@@ -449,6 +474,10 @@ class _Connection:
         "group_depth",
         "group_lost",
         "group_pending",
+        "memo_buddies",
+        "memo_receipts",
+        "memo_state",
+        "memo_version",
         "pid",
         "states",
         "units",
@@ -475,6 +504,15 @@ class _Connection:
         # one ``at`` object, so it is formatted once.
         self.at_memo: tuple[datetime | None, str] = (None, "")
         self.states = _StateCache()
+        # What the last lookup outside a transaction read (see _Connection.recall): each
+        # buddy's stored text and each receipt's row by key (None: absent), and the
+        # ``PRAGMA data_version`` read no later than those rows (None: nothing remembered).
+        self.memo_version: int | None = None
+        self.memo_buddies: dict[tuple[str, str, str], str | None] = {}
+        self.memo_receipts: dict[tuple[str, str], tuple[Any, ...] | None] = {}
+        # _MEMO_UNUSABLE outside a write transaction this store began; _MEMO_UNCHECKED in one
+        # whose data_version is not compared yet; _MEMO_VALID once it matched.
+        self.memo_state = _MEMO_UNUSABLE
 
     def iso(self, moment: datetime) -> str:
         """``moment.isoformat()``, reused while the same object comes back."""
@@ -488,6 +526,58 @@ class _Connection:
     def end_transaction(self) -> None:
         """Forget what was known inside the write transaction that just ended."""
         self.absent.clear()
+        self.memo_state = _MEMO_UNUSABLE
+
+    def began_transaction(self) -> None:
+        """This store's ``BEGIN IMMEDIATE`` just took the write lock on this connection."""
+        self.absent.clear()
+        self.memo_state = _MEMO_UNCHECKED
+
+    def remember(
+        self,
+        version: int,
+        buddies: dict[tuple[str, str, str], str | None],
+        receipts: dict[tuple[str, str], tuple[Any, ...] | None],
+    ) -> None:
+        """Keep what a lookup outside any transaction read (replacing the previous lookup's).
+
+        ``version`` is the ``data_version`` read in the lookup's first statement or before it.
+        """
+        self.memo_version = version
+        self.memo_buddies = buddies
+        self.memo_receipts = receipts
+
+    def forget(self) -> None:
+        """Drop every remembered row."""
+        self.memo_version = None
+        self.memo_buddies = {}
+        self.memo_receipts = {}
+
+    def recall(self) -> bool:
+        """True when the remembered rows are what the database holds now (bar own writes).
+
+        Only inside a write transaction this store began (``BEGIN IMMEDIATE``: the snapshot
+        is the latest and nobody else can commit until it ends). ``PRAGMA data_version``
+        changes, for this connection, exactly when another connection has committed since
+        it last read; this connection's own commits leave it as it is, which is why every
+        row this connection writes (or holds back to write) is forgotten when it is put (see
+        _SQLiteUnit.put_buddy and put_receipt). So an unchanged version means the rows
+        remembered, read no earlier than that version, are still the stored ones. Compared
+        once per transaction; on a change, everything remembered is dropped. Raises
+        sqlite3.Error.
+        """
+        state = self.memo_state
+        if state == _MEMO_VALID:
+            return self.db.in_transaction
+        if state == _MEMO_UNUSABLE or self.memo_version is None or not self.db.in_transaction:
+            return False
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self.memo_version:
+            self.memo_state = _MEMO_VALID
+            return True
+        self.forget()
+        self.memo_state = _MEMO_UNUSABLE
+        return False
 
 
 class _Checkpointer:
@@ -999,22 +1089,45 @@ class SQLiteStore:
             return buddies, receipts
         conn = self._synced()
         parsed = conn.states.parsed
+        # Outside a transaction, what is read is committed: it is remembered for the units
+        # that follow on this connection (see _Connection.recall). Inside one (a lookup in a
+        # group or a unit) it may include this transaction's own writes, which a rollback
+        # would undo, so nothing is remembered then. Only str keys are remembered: SQLite's
+        # text comparison would match other types too (1 = '1'), and the rows are keyed
+        # by what was asked.
+        remember = not conn.db.in_transaction and all(
+            type(k.user_id) is str and type(k.audience) is str for k in wanted_keys
+        )
+        remember = remember and all(type(i) is str for i in wanted_ids)
         if len(wanted_keys) == 1 and len(wanted_ids) == 1:
             # A single send: the receipt and the buddy in one cached statement.
             key = wanted_keys[0]
             event_id = wanted_ids[0]
+            ident = (tenant, key.user_id, key.audience)
             both = self._read_one(
                 conn,
-                _SQL_GET_RECEIPT_AND_BUDDY,
+                _SQL_LOOKUP_ONE if remember else _SQL_GET_RECEIPT_AND_BUDDY,
                 (tenant, event_id, key.user_id, key.audience),
                 "reading a buddy and a receipt",
             )
             assert both is not None  # the statement always yields exactly one row
+            row = both[:5] if both[0] is not None else None
             if both[5] is not None:
-                buddies[key] = parsed((tenant, key.user_id, key.audience), both[5])
-            if both[0] is not None:
-                receipts[event_id] = _receipt(both[:5])
+                buddies[key] = parsed(ident, both[5])
+            if row is not None:
+                receipts[event_id] = _receipt(row)
+            if remember:
+                conn.remember(both[6], {ident: both[5]}, {(tenant, event_id): row})
             return buddies, receipts
+        memo_buddies: dict[tuple[str, str, str], str | None] = {}
+        memo_receipts: dict[tuple[str, str], tuple[Any, ...] | None] = {}
+        version = 0
+        if remember:
+            # Read before the rows (each statement below is a read transaction of its own):
+            # a commit by another connection after this read changes what a unit reads then.
+            version = self._read_one(conn, _SQL_DATA_VERSION, (), "reading the data version")[0]  # type: ignore[index]
+            memo_buddies = dict.fromkeys([(tenant, k.user_id, k.audience) for k in wanted_keys])
+            memo_receipts = dict.fromkeys([(tenant, i) for i in wanted_ids])
         for start in range(0, len(wanted_keys), _LOOKUP_CHUNK):
             chunk = wanted_keys[start : start + _LOOKUP_CHUNK]
             size = _lookup_size(len(chunk))
@@ -1025,7 +1138,10 @@ class SQLiteStore:
             params.append(tenant)
             rows = self._read_all(conn, _SQL_LOOKUP_BUDDIES[size], params, "reading buddies")
             for user_id, audience, text in rows:
-                buddies[BuddyKey(user_id, audience)] = parsed((tenant, user_id, audience), text)
+                ident = (tenant, user_id, audience)
+                buddies[BuddyKey(user_id, audience)] = parsed(ident, text)
+                if remember:
+                    memo_buddies[ident] = text
         for start in range(0, len(wanted_ids), _LOOKUP_CHUNK):
             ids = wanted_ids[start : start + _LOOKUP_CHUNK]
             size = _lookup_size(len(ids))
@@ -1033,6 +1149,10 @@ class SQLiteStore:
             rows = self._read_all(conn, _SQL_LOOKUP_RECEIPTS[size], params, "reading receipts")
             for row in rows:
                 receipts[row[0]] = _receipt(row)
+                if remember:
+                    memo_receipts[(tenant, row[0])] = row
+        if remember:
+            conn.remember(version, memo_buddies, memo_receipts)
         return buddies, receipts
 
     def reserve_quota(self, tenant: str, month: str, count: int, limit: int | None) -> int | None:
@@ -1238,7 +1358,7 @@ class _SQLiteUnit:
                     conn.group_pending.clear()
             self._nested = False
             store._begin(conn, "starting a unit of work")
-            conn.end_transaction()
+            conn.began_transaction()
         self._pending = _Pending()
         conn.units.append(self._pending)
         self._buddy_known = False
@@ -1371,15 +1491,18 @@ class _SQLiteUnit:
         state = self._pending_state()
         if state is not None:
             return state
+        conn = self._conn
         if self._buddy_known:
             text = self._buddy_text
         else:
             try:
-                found = db.execute(_SQL_GET_BUDDY, self._ident).fetchone()
+                text = conn.memo_buddies.get(self._ident, _UNKNOWN)
+                if text is _UNKNOWN or not conn.recall():
+                    found = db.execute(_SQL_GET_BUDDY, self._ident).fetchone()
+                    text = None if found is None else found[0]
             except sqlite3.Error as exc:
                 raise self._store._error(exc, "reading a buddy") from exc
-            text = None if found is None else found[0]
-        return None if text is None else self._conn.states.parsed(self._ident, text)
+        return None if text is None else conn.states.parsed(self._ident, text)
 
     def put_buddy(self, state: BuddyState) -> None:
         """Insert or replace the buddy's state."""
@@ -1391,6 +1514,9 @@ class _SQLiteUnit:
                 f"({key.user_id!r}, {key.audience!r})",
                 {"user_id": state.user_id, "audience": state.audience},
             )
+        # From now on the stored row may be this state (once this commits): forget the row
+        # the last lookup read (a rollback then just costs a read).
+        self._conn.memo_buddies.pop(self._ident, None)
         self._pending.buddies[self._ident] = state
 
     def get_receipt(self, event_id: str) -> Receipt | None:
@@ -1400,8 +1526,18 @@ class _SQLiteUnit:
         row = self._pending_receipt(key)
         if row is not None:
             return _receipt(row[1:])
+        conn = self._conn
         try:
-            if self._buddy_known or self._pending_state() is not None:
+            found = conn.memo_receipts.get(key, _UNKNOWN)
+            if found is not _UNKNOWN and conn.recall():
+                # As the last lookup read it, and still so (no SQL): with the buddy's row
+                # too when that lookup read it (get_buddy will ask next).
+                if not self._buddy_known:
+                    text = conn.memo_buddies.get(self._ident, _UNKNOWN)
+                    if text is not _UNKNOWN:
+                        self._buddy_known = True
+                        self._buddy_text = text
+            elif self._buddy_known or self._pending_state() is not None:
                 found = db.execute(_SQL_GET_RECEIPT, key).fetchone()
             else:
                 # The service reads the buddy next: one statement reads both (the row cannot
@@ -1413,7 +1549,7 @@ class _SQLiteUnit:
         except sqlite3.Error as exc:
             raise self._store._error(exc, "reading a receipt") from exc
         if found is None:
-            self._conn.absent.add(key)
+            conn.absent.add(key)
             return None
         return _receipt(found)
 
@@ -1438,8 +1574,10 @@ class _SQLiteUnit:
                 f"a receipt for event id {receipt.event_id!r} already exists",
                 {"event_id": receipt.event_id},
             )
-        # Once written (a group may write it before it ends), it is no longer absent.
+        # Once written (a group may write it before it ends), it is no longer absent; nor
+        # is it what the last lookup read.
         conn.absent.discard(key)
+        conn.memo_receipts.pop(key, None)
         self._pending.receipts[key] = (
             tenant,
             receipt.event_id,
@@ -1504,7 +1642,7 @@ class _SQLiteGroup:
         self._owner = conn.group_depth == 0 and not conn.db.in_transaction
         if self._owner:
             store._begin(conn, "starting a batch")
-            conn.end_transaction()
+            conn.began_transaction()
             conn.group_lost = False
             conn.group_pending = _Pending()
         conn.group_depth += 1
