@@ -273,9 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: small counts")
     parser.add_argument("--postgres-dsn", default=None)
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (best kept)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="events per MemoryStore/SQLite run (default 3000; longer runs vary less)",
+    )
     args = parser.parse_args(argv)
 
-    n = 300 if args.quick else 3000
+    n = args.events or (300 if args.quick else 3000)
     n_pg = 200 if args.quick else 1500
     repeat = args.repeat or (1 if args.quick else 3)
     rows: list[tuple[str, str, int, float, float]] = []
