@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from buddyrules.effects import Effects, frozen_builder
 from buddyrules.engine import admin as pure_admin
@@ -58,6 +58,7 @@ from buddyrules.storage.protocols import (
     BuddyKey,
     LedgerRecord,
     OutboxMessage,
+    QuotaUnitOfWork,
     Receipt,
     RulebookRecord,
     Store,
@@ -671,11 +672,14 @@ class Engine:
         now: datetime,
         explain: bool,
         extra: list[OutboxMessage] | None,
+        quota: tuple[str, int | None] | None = None,
     ) -> tuple[Effects, bool]:
         """Apply one prepared event in its buddy's unit; returns (effects, applied).
 
         ``applied`` is False when the event turned out to be a replay (another thread
-        recorded the same id first). Raises on failure; the unit rolls back.
+        recorded the same id first). Raises on failure; the unit rolls back. With ``quota``
+        (month, limit), the unit reserves the event's quota itself after the receipt check
+        (a store with ``quota_in_unit``), so it commits or rolls back with the event.
         """
         event = p.event
         event_id = event.event_id
@@ -686,6 +690,13 @@ class Engine:
                     if receipt is not None:
                         assert p.fingerprint is not None
                         return self._replay_or_conflict(receipt, p.fingerprint, event_id), False
+                if quota is not None:
+                    month, limit = quota
+                    used = cast(QuotaUnitOfWork, uow).reserve_quota(month, 1, limit)
+                    if used is None:
+                        raise self._quota_exceeded(now, 1)
+                    if limit is not None and used == _threshold(limit) and used > 0:
+                        extra = [self._threshold_message(p.key, month, now)]
                 effects = self._apply_in_unit(uow, p, now, explain, extra)
                 return effects, True
         except ConflictError:
@@ -835,6 +846,9 @@ class Engine:
         now = self.now()
         month = _event_month(now)
         limit = self.monthly_event_quota
+        if getattr(self.store, "quota_in_unit", False):
+            # Steps 5 and 6 in one transaction: nothing to give back on failure.
+            return self._apply(p, now, explain, None, (month, limit))[0]
         used = self.store.reserve_quota(self.tenant, month, 1, limit)
         if used is None:
             raise self._quota_exceeded(now, 1)

@@ -217,15 +217,21 @@ def test_a_second_engine_applying_the_same_event_in_between_wins_once(
     assert [e.replayed for e in effects] == [i in (4, 8) for i in range(9)]
     coins = {s.user_id: s.coins for s in store.export_states("default")}
     assert coins == {"u0": 3, "u1": 3, "u2": 3}  # every event counted once
-    # A single send, the same way.
-    store.reserve_quota = lambda *args: (  # type: ignore[method-assign]
-        rival.send({"event_id": "s1", "user_id": "u0", "type": "scored", "occurred_at": AT}),
-        reserve(*args),
-    )[1]
+    # A single send, the same way: the rival commits after the send's lookup, just before
+    # its unit opens (the unit reserves the quota itself, see SQLiteStore.quota_in_unit).
+    open_unit = store.unit_of_work
+
+    def unit_after_a_rival(tenant: str, key: BuddyKey) -> Any:
+        rival.send({"event_id": "s1", "user_id": "u0", "type": "scored", "occurred_at": AT})
+        return open_unit(tenant, key)
+
+    store.unit_of_work = unit_after_a_rival  # type: ignore[method-assign]
     assert engine.send(
         {"event_id": "s1", "user_id": "u0", "type": "scored", "occurred_at": AT}
     ).replayed
+    store.unit_of_work = open_unit  # type: ignore[method-assign]
     assert {s.user_id: s.coins for s in store.export_states("default")}["u0"] == 4
+    assert store.quota_used("default", AT.strftime("%Y-%m")) == 10  # 9 + s1, counted once
 
 
 # -- this connection wrote in between -----------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "BuddyKey",
     "LedgerRecord",
     "OutboxMessage",
+    "QuotaUnitOfWork",
     "Receipt",
     "RulebookRecord",
     "RulebookStatus",
@@ -143,6 +144,23 @@ class UnitOfWork(Protocol):
 
     def append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         """Append outbox messages (visible to ``outbox_pending`` only after commit)."""
+        ...
+
+
+class QuotaUnitOfWork(UnitOfWork, Protocol):
+    """A unit of work that can also reserve quota inside its own transaction.
+
+    Optional. A store whose units can do this sets the class attribute
+    ``quota_in_unit = True``; the Engine then reserves a single send's quota in the event's
+    unit (after the receipt check) instead of in a transaction of its own before it. The
+    reservation commits or rolls back with the event, so nothing is released on failure and
+    a crash cannot leave quota counted for an event that was not applied. Worth it where a
+    unit already serialises all writers (SQLite): elsewhere the month's quota row would stay
+    locked for the whole unit.
+    """
+
+    def reserve_quota(self, month: str, count: int, limit: int | None) -> int | None:
+        """:meth:`Store.reserve_quota` of the unit's tenant, inside the unit's transaction."""
         ...
 
 

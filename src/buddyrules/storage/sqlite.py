@@ -79,7 +79,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic_core import to_json
 
@@ -672,6 +672,9 @@ class SQLiteStore:
 
     #: The forward migrations this class applies on open (a subclass may extend them).
     migrations: tuple[Migration, ...] = MIGRATIONS
+    #: Units reserve a single send's quota in their own transaction (``QuotaUnitOfWork``):
+    #: every write already holds the database's write lock, so nothing waits longer.
+    quota_in_unit: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -1316,6 +1319,7 @@ class _SQLiteUnit:
         "_nested",
         "_open",
         "_pending",
+        "_reserved",
         "_store",
         "_tenant",
         "key",
@@ -1362,6 +1366,7 @@ class _SQLiteUnit:
         self._pending = _Pending()
         conn.units.append(self._pending)
         self._buddy_known = False
+        self._reserved: list[tuple[str, int]] = []
         self._open = True
         return self
 
@@ -1438,6 +1443,14 @@ class _SQLiteUnit:
             if not self._db.in_transaction:
                 # SQLite already rolled everything back (e.g. disk full): a group lost its units.
                 self._conn.group_lost = True
+                return
+            # Quota is the one thing a unit writes at once (its count is needed now): inside
+            # an enclosing transaction, a failing unit gives back what it reserved.
+            for month, count in self._reserved:
+                try:
+                    self._db.execute(_SQL_RELEASE_QUOTA, (count, self._tenant, month))
+                except sqlite3.Error:
+                    self._conn.group_lost = True
             return
         db = self._db
         self._conn.end_transaction()
@@ -1457,6 +1470,27 @@ class _SQLiteUnit:
             f"a receipt for event id {', '.join(map(repr, ids))} already exists",
             {"event_id": ids[0] if len(ids) == 1 else ids},
         )
+
+    def reserve_quota(self, month: str, count: int, limit: int | None) -> int | None:
+        """Reserve quota inside this unit's transaction (see :class:`QuotaUnitOfWork`).
+
+        The usage row is updated at once, under the write lock the unit holds from its
+        start, and committed or rolled back with the unit: one write transaction per event
+        instead of two.
+        """
+        db = self._check_open()
+        if count < 0:
+            raise ValueError("count must not be negative")
+        params = {"tenant": self._tenant, "month": month, "count": count, "limit": limit}
+        try:
+            rows = db.execute(_SQL_RESERVE_QUOTA, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._store._error(exc, "reserving quota") from exc
+        if not rows:
+            return None
+        if self._nested:
+            self._reserved.append((month, count))
+        return int(rows[0][0])
 
     def _check_open(self) -> sqlite3.Connection:
         if not self._open:

@@ -1,0 +1,102 @@
+"""Quota reserved inside the event's unit of work (SQLiteStore, ``quota_in_unit``).
+
+The SPEC pipeline is unchanged (receipt check, then quota, then apply), but on SQLite a
+single send's quota is counted in the same transaction as the event: one write transaction
+per event, and nothing to give back when applying fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buddyrules import EventQuotaExceeded
+from buddyrules.errors import StoreError
+from buddyrules.storage.protocols import BuddyKey
+from buddyrules.storage.sqlite import SQLiteStore
+
+from .helpers import engine_with, lesson
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "quota.db")
+    assert s.quota_in_unit
+    return s
+
+
+def test_the_quota_is_counted_once_per_applied_event(store: SQLiteStore) -> None:
+    engine = engine_with(store=store, quota=3)  # type: ignore[arg-type]
+    for i in range(3):
+        assert not engine.send(lesson(f"e{i}")).replayed
+    assert engine.send(lesson("e1")).replayed  # a replay uses no quota, even when it is full
+    assert engine.quota_used() == 3
+    with pytest.raises(EventQuotaExceeded) as raised:
+        engine.send(lesson("e3"))
+    assert raised.value.details["limit"] == 3
+    assert engine.quota_used() == 3
+    assert store.get_receipt("default", "e3") is None
+    assert engine.buddy("alice").events_applied == 3
+
+
+def test_a_failing_apply_leaves_no_quota_behind(store: SQLiteStore) -> None:
+    engine = engine_with(store=store, quota=5)  # type: ignore[arg-type]
+    engine.hatch("alice")
+    open_unit = store.unit_of_work
+
+    class Broken:
+        """A unit whose put_buddy fails after the quota was reserved."""
+
+        def __init__(self, unit: Any) -> None:
+            self.unit = unit
+
+        def __enter__(self) -> Broken:
+            self.unit.__enter__()
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.unit.__exit__(*exc)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.unit, name)
+
+        def put_buddy(self, state: Any) -> None:
+            raise StoreError("disk on fire")
+
+    store.unit_of_work = lambda tenant, key: Broken(open_unit(tenant, key))  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        engine.send(lesson("e1"))
+    store.unit_of_work = open_unit  # type: ignore[method-assign]
+    assert engine.quota_used() == 0  # rolled back with the unit
+    assert store.get_receipt("default", "e1") is None
+    assert not engine.send(lesson("e1")).replayed
+    assert engine.quota_used() == 1
+
+
+def test_the_usage_threshold_message_is_written_once(store: SQLiteStore) -> None:
+    engine = engine_with(store=store, quota=10)  # type: ignore[arg-type]
+    for i in range(10):
+        engine.send(lesson(f"e{i}"))
+        usage = [m for m in engine.outbox.pending(1000) if m.type == "usage.threshold_reached"]
+        assert len(usage) == (1 if i >= 7 else 0), i
+    assert usage[0].payload["used"] == 8
+
+
+def test_a_unit_inside_a_group_gives_its_quota_back_when_it_fails(store: SQLiteStore) -> None:
+    key = BuddyKey("alice", "student")
+    with store.group("default"):
+        with store.unit_of_work("default", key) as uow:
+            assert uow.reserve_quota("2024-05", 2, None) == 2
+        with pytest.raises(RuntimeError), store.unit_of_work("default", key) as uow:
+            assert uow.reserve_quota("2024-05", 5, None) == 7
+            raise RuntimeError("boom")
+        with store.unit_of_work("default", key) as uow:
+            assert uow.reserve_quota("2024-05", 1, 3) == 3
+            assert uow.reserve_quota("2024-05", 1, 3) is None  # the limit holds in a unit
+    assert store.quota_used("default", "2024-05") == 3
+    with pytest.raises(RuntimeError), store.unit_of_work("default", key) as uow:
+        uow.reserve_quota("2024-05", 4, None)
+        raise RuntimeError("boom")
+    assert store.quota_used("default", "2024-05") == 3  # rolled back with its own transaction
