@@ -780,6 +780,42 @@ class Engine:
                 uow.put_effects_receipt(event_id, p.fingerprint, effects)
             return
         user_id, audience = p.key.user_id, p.key.audience
+        fast = getattr(uow, "append_ledger_entries", None)
+        if fast is not None:
+            # A unit with the Engine's fast path (SQLiteStore's): its rows are built straight
+            # from the engine's values, without the port's record objects.
+            if ledger:
+                fast(ledger, event_id, at)
+            if outbox:
+                uow.append_outbox(outbox)
+            if notifications:
+                uow.append_notifications(notifications, at)  # type: ignore[attr-defined]
+        else:
+            self._record_rows(uow, user_id, audience, event_id, ledger, notifications, outbox, at)
+        if event_id is not None:
+            assert p.fingerprint is not None
+            uow.put_receipt(
+                Receipt(
+                    event_id,
+                    p.fingerprint,
+                    user_id,
+                    audience,
+                    effects.to_wire(include_trace=False),
+                )
+            )
+
+    @staticmethod
+    def _record_rows(
+        uow: UnitOfWork,
+        user_id: str,
+        audience: str,
+        event_id: str | None,
+        ledger: Sequence[LedgerEntry],
+        notifications: Sequence[Notification],
+        outbox: list[OutboxMessage],
+        at: datetime,
+    ) -> None:
+        """Ledger entries and outbox messages as the UnitOfWork port's record objects."""
         if ledger:
             uow.append_ledger(
                 [
@@ -801,17 +837,6 @@ class Engine:
             outbox.append(_outbox_message(n.type, user_id, audience, n.payload, at, 0))
         if outbox:
             uow.append_outbox(outbox)
-        if event_id is not None:
-            assert p.fingerprint is not None
-            uow.put_receipt(
-                Receipt(
-                    event_id,
-                    p.fingerprint,
-                    user_id,
-                    audience,
-                    effects.to_wire(include_trace=False),
-                )
-            )
 
     # -- events: the public calls ---------------------------------------------------------
 

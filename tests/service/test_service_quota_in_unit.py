@@ -7,6 +7,7 @@ per event, and nothing to give back when applying fails.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,27 @@ def test_a_unit_inside_a_group_gives_its_quota_back_when_it_fails(store: SQLiteS
         uow.reserve_quota("2024-05", 4, None)
         raise RuntimeError("boom")
     assert store.quota_used("default", "2024-05") == 3  # rolled back with its own transaction
+
+
+def test_sqlite_fast_path_rows_equal_the_memory_stores(store: SQLiteStore) -> None:
+    """The SQLite unit's fast path stores what the port's record objects would."""
+    from buddyrules.storage.memory import MemoryStore
+
+    on_sqlite = engine_with(store=store, quota=100)  # type: ignore[arg-type]
+    on_memory = engine_with(store=MemoryStore(), quota=100)
+    events = [lesson(f"e{i}", user=("alice", "bob")[i % 2]) for i in range(8)]
+    for engine in (on_sqlite, on_memory):
+        engine.send_batch(events[:4])
+        for event in events[4:]:
+            engine.send(event)
+
+    # Ids are each store's own (the MemoryStore numbers ledger and outbox together).
+    def ledger(engine: Any) -> list[Any]:
+        return [replace(r, id=0) for r in engine.ledger()]
+
+    def outbox(engine: Any) -> list[Any]:
+        return [replace(m, id=0) for m in engine.outbox.pending(1000)]
+
+    assert ledger(on_sqlite) == ledger(on_memory)
+    assert outbox(on_sqlite) == outbox(on_memory)
+    assert len(ledger(on_sqlite)) > 8 and len(outbox(on_sqlite)) > 8  # not vacuous

@@ -1643,6 +1643,41 @@ class _SQLiteUnit:
             for e in entries
         ]
 
+    # -- the Engine's fast path -----------------------------------------------------------
+    # Not part of the UnitOfWork port (as on MemoryUnitOfWork): the Engine hands over its own
+    # ledger entries and notifications, and the rows are built without record objects. They
+    # store exactly what append_ledger and append_outbox would for the unit's buddy.
+
+    def append_ledger_entries(
+        self, entries: Sequence[tuple[str, int, int, str]], reference: str | None, at: datetime
+    ) -> None:
+        """:meth:`append_ledger` of ``(currency, amount, balance_after, reason)`` entries of
+        the unit's buddy, all with one reference and time."""
+        self._check_open()
+        if not entries:
+            return
+        tenant, user_id, audience = self._ident
+        when = self._conn.iso(at)
+        self._pending.ledger += [
+            (tenant, user_id, audience, currency, amount, balance, reason, reference, when)
+            for currency, amount, balance, reason in entries
+        ]
+
+    def append_notifications(
+        self, notifications: Sequence[tuple[str, dict[str, Any]]], at: datetime
+    ) -> None:
+        """:meth:`append_outbox` of ``(type, payload)`` messages of the unit's buddy, all at
+        one time."""
+        self._check_open()
+        if not notifications:
+            return
+        tenant, user_id, audience = self._ident
+        when = self._conn.iso(at)
+        self._pending.outbox += [
+            (tenant, kind, user_id, audience, _dumps(payload), when)
+            for kind, payload in notifications
+        ]
+
     def append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         """Append outbox messages (visible to ``outbox_pending`` once the unit commits)."""
         self._check_open()
