@@ -176,3 +176,27 @@ def test_conditions_that_must_always_be_tested(source: str) -> None:
 def test_an_evaluated_state_has_every_field_and_only_the_mark_besides() -> None:
     state = br.evaluate(RULEBOOK, br.new_buddy(RULEBOOK, "u1"), event("lesson", at(0))).state
     assert set(state.__dict__) == {*BuddyState.model_fields, "_settled"}
+
+
+def test_the_namespace_holds_only_the_skills_and_streaks_expressions_read() -> None:
+    skills = [
+        {"key": "read", "max_value": 100, "points_per_level": 10, "max_level": 10},
+        {"key": "unread", "max_value": 100, "points_per_level": 10, "max_level": 10},
+    ]
+    rb = make_rulebook(
+        skills=skills,
+        skill_rules=[{"event": "lesson", "skill": "unread", "amount": 30}],
+        badges=[{"key": "b", "when": "skills.read.level >= 1"}],
+    )
+    assert [k for k, _, _ in rb.skill_levels] == ["read", "unread"]
+    assert [k for k, _, _ in rb.namespace_skills] == ["read"]
+    assert rb.namespace_streaks == ()
+    # A computed key may name any skill: then all are in the namespace.
+    dynamic = make_rulebook(
+        skills=skills, badges=[{"key": "b", "when": "skill_level(props.which) >= 1"}]
+    )
+    assert [k for k, _, _ in dynamic.namespace_skills] == ["read", "unread"]
+    # The unread skill still changes and is reported; explain traces still read the rest.
+    out = br.evaluate(rb, br.new_buddy(rb, "u1"), event("lesson", at(0)), explain=True)
+    assert out.state.skills == {"unread": 30}
+    assert [c["skill"] for c in out.effects.skills] == ["unread"]

@@ -234,12 +234,12 @@ class Turn:
         skills = self.skills
         streaks = self.streaks
         skills_ns = {}
-        for key, points_per_level, max_level in rb.skill_levels:
+        for key, points_per_level, max_level in rb.namespace_skills:
             value = skills.get(key, 0)
             level = value // points_per_level
             skills_ns[key] = {"value": value, "level": level if level < max_level else max_level}
         streaks_ns = {}
-        for key in rb.streak_keys:
+        for key in rb.namespace_streaks:
             s = streaks.get(key)
             streaks_ns[key] = (
                 {"count": s.count, "best": s.best} if s is not None else {"count": 0, "best": 0}

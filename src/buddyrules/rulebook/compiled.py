@@ -350,23 +350,30 @@ class Rulebook:
 
     @cached_property
     def skill_levels(self) -> tuple[tuple[str, int, int], ...]:
-        """``(key, points_per_level, max_level)`` per skill read by some expression.
-
-        In rulebook order; the engine puts only these in the condition namespace (every
-        skill when an expression reads ``skills`` as a whole or by a computed key).
-        """
-        read = self._keys_read("skills")
-        return tuple(
-            (s.key, s.points_per_level, s.max_level)
-            for s in self.skills.values()
-            if read is None or s.key in read
-        )
+        """``(key, points_per_level, max_level)`` per skill, in rulebook order."""
+        return tuple((s.key, s.points_per_level, s.max_level) for s in self.skills.values())
 
     @cached_property
     def streak_keys(self) -> tuple[str, ...]:
-        """Keys of the streaks read by some expression (all if one reads ``streaks`` whole)."""
+        """Streak keys in rulebook order."""
+        return tuple(s.key for s in self.streaks)
+
+    @cached_property
+    def namespace_skills(self) -> tuple[tuple[str, int, int], ...]:
+        """:attr:`skill_levels` of the skills some expression reads (the hot path).
+
+        The engine puts only these in the condition namespace; every skill when an
+        expression reads ``skills`` as a whole or by a computed key.
+        """
+        read = self._keys_read("skills")
+        return tuple(item for item in self.skill_levels if read is None or item[0] in read)
+
+    @cached_property
+    def namespace_streaks(self) -> tuple[str, ...]:
+        """:attr:`streak_keys` of the streaks some expression reads (all if one reads the
+        whole ``streaks``): the ones the engine puts in the condition namespace."""
         read = self._keys_read("streaks")
-        return tuple(s.key for s in self.streaks if read is None or s.key in read)
+        return tuple(key for key in self.streak_keys if read is None or key in read)
 
     def _keys_read(self, root: str) -> frozenset[str] | None:
         """The keys under ``root`` that expressions read, or None when one reads it whole."""
