@@ -767,23 +767,11 @@ class Engine:
         at: datetime,
     ) -> None:
         event_id = p.event.event_id
-        if type(uow) is MemoryUnitOfWork:
-            # The MemoryStore's fast path: the same rows without the record objects.
-            if ledger:
-                uow.append_ledger_entries(ledger, event_id, at)
-            if outbox:
-                uow.append_outbox(outbox)
-            if notifications:
-                uow.append_notifications(notifications, at)
-            if event_id is not None:
-                assert p.fingerprint is not None
-                uow.put_effects_receipt(event_id, p.fingerprint, effects)
-            return
         user_id, audience = p.key.user_id, p.key.audience
         fast = getattr(uow, "append_ledger_entries", None)
         if fast is not None:
-            # A unit with the Engine's fast path (SQLiteStore's): its rows are built straight
-            # from the engine's values, without the port's record objects.
+            # A unit with the Engine's fast path (MemoryStore's, SQLiteStore's): its rows
+            # are built straight from the engine's values, without the port's record objects.
             if ledger:
                 fast(ledger, event_id, at)
             if outbox:
@@ -792,17 +780,15 @@ class Engine:
                 uow.append_notifications(notifications, at)  # type: ignore[attr-defined]
         else:
             self._record_rows(uow, user_id, audience, event_id, ledger, notifications, outbox, at)
-        if event_id is not None:
-            assert p.fingerprint is not None
-            uow.put_receipt(
-                Receipt(
-                    event_id,
-                    p.fingerprint,
-                    user_id,
-                    audience,
-                    effects.to_wire(include_trace=False),
-                )
-            )
+        if event_id is None:
+            return
+        assert p.fingerprint is not None
+        if type(uow) is MemoryUnitOfWork:
+            # Kept packed; the wire dict is only built if the receipt is ever read.
+            uow.put_effects_receipt(event_id, p.fingerprint, effects)
+            return
+        wire = effects.to_wire(include_trace=False)
+        uow.put_receipt(Receipt(event_id, p.fingerprint, user_id, audience, wire))
 
     @staticmethod
     def _record_rows(
