@@ -206,15 +206,7 @@ def _changed_by_rules(
     since (and none is carried: changed after it was tested), it still gives the same
     answer, so it need not be tested again.
     """
-    dirty = carried | ALWAYS | index.watch_counters.get(event_type, 0)
-    if index.watch_coins and turn.coins != base.coins:
-        dirty |= index.watch_coins
-    if turn._tokens_changed and index.watch_tokens:
-        base_tokens = base.tokens
-        tokens = turn.tokens
-        for key, bit in index.watch_tokens:
-            if tokens.get(key, 0) != base_tokens.get(key, 0):
-                dirty |= bit
+    dirty = carried | ALWAYS | index.watch_counters.get(event_type, 0) | turn.rewards_changed()
     if turn.skill_changes and index.watch_skills:
         watch = index.watch_skills
         for key in turn.skill_changes:
@@ -225,8 +217,6 @@ def _changed_by_rules(
         for key, bit in index.watch_streaks:
             if streaks.get(key) is not base_streaks.get(key):
                 dirty |= bit
-    if turn.awarded_now:
-        dirty |= index.watch_badges
     return dirty
 
 

@@ -447,27 +447,32 @@ class Turn:
 
     # -- what changed (incremental badge and path passes) ---------------------------------
 
+    def rewards_changed(self) -> int:
+        """The watched parts rewards can change (coins, tokens, badges) that differ from the
+        base state now, as a :class:`~buddyrules.rulebook._deps.DependencyIndex` mask."""
+        index = self.rulebook.dependencies
+        base = self.base
+        changed = 0
+        if index.watch_coins and self.coins != base.coins:
+            changed |= index.watch_coins
+        if self._tokens_changed:
+            base_tokens = base.tokens
+            tokens = self.tokens
+            for key, bit in index.watch_tokens:
+                if tokens.get(key, 0) != base_tokens.get(key, 0):
+                    changed |= bit
+        if len(self.badges) != len(base.badges):  # a turn only adds badges
+            changed |= index.watch_badges
+        return changed
+
     def note_rewards(self) -> None:
-        """Mark what rewards can change (coins, tokens, badges) as changed, if watching.
+        """Mark what rewards changed as changed, if watching (see :meth:`rewards_changed`).
 
         Called after a path step or a badge paid its reward, so that the conditions tested
         later in the same event see those parts as changed.
         """
-        dirty = self.dirty
-        if dirty is None:
-            return
-        index = self.rulebook.dependencies
-        base = self.base
-        if self.coins != base.coins:
-            dirty |= index.watch_coins
-        base_tokens = base.tokens
-        tokens = self.tokens
-        for key, bit in index.watch_tokens:
-            if tokens.get(key, 0) != base_tokens.get(key, 0):
-                dirty |= bit
-        if len(self.badges) != len(base.badges):
-            dirty |= index.watch_badges
-        self.dirty = dirty
+        if self.dirty is not None:
+            self.dirty |= self.rewards_changed()
 
     # -- results -------------------------------------------------------------------------
 
