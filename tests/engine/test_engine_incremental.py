@@ -26,9 +26,8 @@ from .strategies import History, histories
 
 
 def _unsettled(state: BuddyState) -> BuddyState:
-    """The same content as ``state``, but not recognisably settled (a new tokens dict)."""
-    copy = state.model_copy(update={"tokens": dict(state.tokens)})
-    return copy
+    """The same content as ``state``, without the settlement record (read back from JSON)."""
+    return BuddyState.model_validate_json(state.model_dump_json())
 
 
 @contextmanager

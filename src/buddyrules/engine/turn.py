@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from buddyrules.effects import Effects, build_effects, frozen_builder
@@ -59,29 +60,32 @@ class Outcome:
 _SETTLED = "_settled"
 
 
+#: The state fields the badge and path conditions (and their passes) depend on: a settlement
+#: holds for a state whose values of these equal the ones it was made on.
+_COVERED = itemgetter(
+    "coins",
+    "stage",
+    "tokens",
+    "skills",
+    "streaks",
+    "counters",
+    "badges",
+    "badges_ready",
+    "paths",
+    "audience",
+)
+
+
 def settled_carry(rulebook: Rulebook, state: BuddyState) -> int | None:
     """The parts changed after the last settlement, if ``state`` is settled under ``rulebook``.
 
     None when the state was not produced by ``evaluate`` under this rulebook, or was copied
-    with a change since (then every condition must be tested). The check compares the
-    recorded parts with the state's own, containers by identity: states are immutable, and
-    the record holds references, so an identical object means identical content.
+    with a change since (then every condition must be tested). The record holds the covered
+    values themselves; comparing tuples checks identity first, so the usual case (the very
+    containers of the state) costs no deep comparison.
     """
     mark = state.__dict__.get(_SETTLED)
-    if (
-        mark is not None
-        and mark[0] == rulebook.version
-        and mark[2] == state.coins
-        and mark[3] == state.stage
-        and mark[4] is state.tokens
-        and mark[5] is state.skills
-        and mark[6] is state.streaks
-        and mark[7] is state.counters
-        and mark[8] is state.badges
-        and mark[9] is state.badges_ready
-        and mark[10] is state.paths
-        and mark[11] == state.audience
-    ):
+    if mark is not None and mark[0] == rulebook.version and mark[2] == _COVERED(state.__dict__):
         carry: int = mark[1]
         return carry
     return None
@@ -534,22 +538,7 @@ class Turn:
             _SETTLED: None,
         }
         if carry is not None:
-            # The parts the settlement was made on, by identity for the containers: a copy
-            # with any of them replaced (model_copy(update=...)) no longer matches.
-            values[_SETTLED] = (
-                self.rulebook.version,
-                carry,
-                self.coins,
-                self.stage,
-                tokens,
-                self.skills,
-                self.streaks,
-                self.counters,
-                badges,
-                self.ready,
-                self.paths,
-                base.audience,
-            )
+            values[_SETTLED] = (self.rulebook.version, carry, _COVERED(values))
         state = trusted_state(values)
         debug_reason: str | None = None
         if debug and not (self.visible or counters_visible):
