@@ -22,9 +22,14 @@ Design, in short (the reasons are next to the code):
   buddy's, and takes it first. Everything else it writes is shared only through inserts:
   one receipt (a unique key: a racing insert of the same event id waits for the first to
   finish, then fails), ledger and outbox rows (new rows, ids from identity sequences). So no
-  two units ever wait for each other in opposite orders. Quota is reserved outside the units
-  (one autocommit statement), so its row lock is held for a single statement only.
-* **Round trips**: a unit costs two. Its opening sends ``BEGIN``, a call of the
+  two units ever wait for each other in opposite orders. Quota is reserved in a transaction
+  of its own (an autocommit statement, or the one a send's unit commits just before its
+  own), so its row lock is held for a single statement only; a unit that reserves inside its
+  transaction (a first send) takes the quota row last, after its buddy's lock, and no one
+  waits for a buddy's lock while holding the quota row.
+* **Round trips**: a unit costs two (a single send three in all, with its lookup: its quota
+  is reserved in its unit's opening round trip, see :meth:`_PostgresUnit.reserve_quota`).
+  Its opening sends ``BEGIN``, a call of the
   ``lock_buddy`` SQL function (lock, then read ``FOR UPDATE``) and, when it can guess it, the
   read of the receipt the unit will ask for (see :meth:`PostgresStore._next_probed`) as one
   query; its writes are buffered and sent with the ``COMMIT`` as one query at the end (so a
@@ -69,7 +74,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
 
 from buddyrules.errors import ConflictError, StoreError
 from buddyrules.state import BuddyState
@@ -92,6 +97,7 @@ _IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _PAGE: Final = 500
 _TUPLES_OK: Final = 2  # libpq's PGRES_TUPLES_OK (psycopg.pq.ExecStatus.TUPLES_OK)
 _PROBED: Final = 256  # receipt look-ups remembered per thread (a batch makes at most 100)
+_TENANTS_REMEMBERED: Final = 1024  # tenants whose units' quota month and limit are remembered
 
 # Identifier columns use the "C" collation: ordering (list_buddies) is by code point, as in
 # the other stores and in Python, whatever the database's locale, and the primary keys serve
@@ -334,6 +340,11 @@ class _Sql:
         self.reserve = "EXECUTE buddyrules_reserve(%s, %s, %s, %s, %s)"
         self.release = "EXECUTE buddyrules_release(%s, %s, %s, %s)"
         self.begin_lock = "BEGIN; EXECUTE buddyrules_lock(%s, %s, %s, %s, %s)"
+        # A single send's quota, reserved in a transaction of its own just before the unit's
+        # (see _PostgresUnit.reserve_quota): the quota row is locked for that statement only.
+        self.reserve_first = f"BEGIN; {self.reserve}; COMMIT; "
+        # Gives an unused early reservation back, after the unit's COMMIT or ROLLBACK.
+        self.release_after = f"; {self.release}"
         self.begin_lock_receipt = f"{self.begin_lock}; {self.get_receipt}"
         self.put_buddy = "EXECUTE buddyrules_put_buddy(%s, %s, %s, %s)"
         self.put_receipt = "EXECUTE buddyrules_put_receipt(%s, %s, %s, %s, %s, %s)"
@@ -448,6 +459,9 @@ class PostgresStore:
 
     #: The forward migrations :meth:`migrate` applies (a subclass may extend them).
     migrations: tuple[Migration, ...] = MIGRATIONS
+    #: Units take a single send's quota (``QuotaUnitOfWork``): usually reserved in their
+    #: opening round trip, in a transaction of its own (see :meth:`_PostgresUnit.reserve_quota`).
+    quota_in_unit: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -478,7 +492,10 @@ class PostgresStore:
         self._closed = False
         self._group_commit = group_commit
         self._durable_quota = durable_quota
-        self._local = threading.local()  # this thread's group: depth, and units to flush
+        self._local = threading.local()  # this thread's group, guesses and expected unit
+        # tenant -> (month, limit) of the last reservation a unit was asked for: what the next
+        # single send's unit reserves early (see _PostgresUnit.reserve_quota).
+        self._unit_quota: dict[str, tuple[str, int | None]] = {}
         self._pool_lock = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pool_pid = 0
@@ -868,6 +885,11 @@ class PostgresStore:
                 receipts[row[0]] = _receipt(row)
             probed = self._probed()
             probed.extend((tenant, i) for i in wanted_ids if i not in receipts)
+        # One buddy and only new ids: what a single send reads before it opens that buddy's
+        # unit, which then reserves the send's quota early (see _PostgresUnit.reserve_quota).
+        self._local.expect = (
+            (tenant, wanted_keys[0]) if len(wanted_keys) == 1 and not receipts else None
+        )
         return buddies, receipts
 
     def _probed(self) -> deque[tuple[str, str]]:
@@ -927,6 +949,30 @@ class PostgresStore:
             while probed.popleft() != (tenant, event_id):
                 pass
 
+    def _expected_quota(self, tenant: str, key: BuddyKey) -> tuple[str, int | None] | None:
+        """(month, limit) a unit opening for ``key`` should reserve early, or None.
+
+        Only for the unit a single send opens: the first unit on this thread after a lookup
+        of that one buddy that found no receipt (:meth:`lookup` leaves the mark, a plain
+        :meth:`reserve_quota` removes it), outside a group, once this store's units have been
+        asked for a reservation of the tenant (the month and limit are those of the last).
+        """
+        local = self._local
+        expected = getattr(local, "expect", None)
+        if expected is None:
+            return None
+        local.expect = None
+        if expected != (tenant, key):
+            return None
+        return self._unit_quota.get(tenant)
+
+    def _remember_unit_quota(self, tenant: str, month: str, limit: int | None) -> None:
+        remembered = self._unit_quota
+        if remembered.get(tenant) != (month, limit):
+            if len(remembered) >= _TENANTS_REMEMBERED:
+                remembered.clear()
+            remembered[tenant] = (month, limit)
+
     def reserve_quota(self, tenant: str, month: str, count: int, limit: int | None) -> int | None:
         """Atomically add ``count`` to the month's usage if it stays within ``limit``.
 
@@ -935,6 +981,8 @@ class PostgresStore:
         """
         if count < 0:
             raise ValueError("count must not be negative")
+        # Reserved outside a unit: the next unit of this thread has nothing to take early.
+        self._local.expect = None
         params = (tenant, month, count, limit, not self._durable_quota)
         rows = self._query(
             self._sql.reserve, params, "reserving quota", read_only=False, prepared=True
@@ -1024,6 +1072,8 @@ class _PostgresUnit:
     __slots__ = (
         "_buddy",
         "_conn",
+        "_early",
+        "_early_taken",
         "_ledger",
         "_open",
         "_outbox",
@@ -1048,6 +1098,10 @@ class _PostgresUnit:
         self._outbox: list[OutboxMessage] = []
         # (event id, its receipt or None) as read under the lock in the opening round trip
         self._prefetched: tuple[str, Receipt | None] | None = None
+        # (month, limit, usage or None) of the quota reserved early, before the unit's
+        # transaction (see reserve_quota), and whether reserve_quota has taken it
+        self._early: tuple[str, int | None, int | None] | None = None
+        self._early_taken = False
 
     def __enter__(self) -> _PostgresUnit:
         if self._open:
@@ -1069,6 +1123,10 @@ class _PostgresUnit:
         if guess is not None:
             query = sql.begin_lock_receipt
             params = (*params, tenant, guess)
+        early = None if in_group else store._expected_quota(tenant, key)
+        if early is not None:
+            query = sql.reserve_first + query
+            params = (tenant, *early[:1], 1, early[1], not store._durable_quota, *params)
         for attempt in (1, 2):
             conn = store._getconn()
             try:
@@ -1081,6 +1139,13 @@ class _PostgresUnit:
                     store._prepare(conn)
                 cur = store._client_cursor(conn)
                 cur.execute(query, params)
+                if early is not None:
+                    # BEGIN, the reservation, COMMIT, then the unit's BEGIN as usual.
+                    cur.nextset()
+                    used = cur.fetchone()
+                    self._early = (*early, None if used is None else used[0])
+                    cur.nextset()
+                    cur.nextset()
                 cur.nextset()
                 row = cur.fetchone()
                 if guess is not None:
@@ -1122,14 +1187,14 @@ class _PostgresUnit:
         store = self._store
         try:
             if exc_type is not None:
-                _rollback_quietly(conn)
+                self._rollback(conn)
                 return
             try:
                 stored = self._commit(conn)
                 if self._buddy is not None and stored is not None:
                     store._states.remember((self._tenant, *_key(self.key)), stored, self._buddy[1])
             except store._unique_violation as err:
-                _rollback_quietly(conn)
+                self._rollback(conn)
                 diag = getattr(err, "diag", None)
                 if getattr(diag, "table_name", None) == "receipts":
                     ids = ", ".join(repr(i) for i in self._receipts)
@@ -1139,13 +1204,42 @@ class _PostgresUnit:
                     ) from err
                 store._fail(err, "committing a unit of work")
             except store._error as err:
-                _rollback_quietly(conn)
+                self._rollback(conn)
                 store._fail(err, "committing a unit of work")
             except BaseException:
-                _rollback_quietly(conn)
+                self._rollback(conn)
                 raise
         finally:
             store._putconn(conn)
+
+    def _early_params(self, no_flush_wait: bool) -> tuple[Any, ...] | None:
+        """The release_quota parameters that give the early reservation back, if one was made."""
+        early = self._early
+        if early is None or early[2] is None:
+            return None
+        return (self._tenant, early[0], 1, no_flush_wait)
+
+    def _rollback(self, conn: psycopg.Connection[Any]) -> None:
+        """Roll the transaction back and give back the early reservation (one round trip).
+
+        The reservation was committed on its own before the unit's transaction, so the unit
+        undoes it: what the service expects of a unit that reserved quota and failed.
+        """
+        store = self._store
+        release = self._early_params(not store._durable_quota)
+        self._early = None
+        if release is None:
+            _rollback_quietly(conn)
+            return
+        if conn.closed:
+            return  # the reservation stays counted (an over-count, as after a crash)
+        try:
+            query = store._sql.release
+            if conn.info.transaction_status != 0:  # not IDLE
+                query = "ROLLBACK; " + query
+            store._client_cursor(conn).execute(query, release)
+        except Exception:
+            conn.close()  # as in _rollback_quietly; the reservation stays counted
 
     def _commit(self, conn: psycopg.Connection[Any]) -> str | None:
         """Send every buffered write and the COMMIT as one query (one round trip).
@@ -1202,6 +1296,13 @@ class _PostgresUnit:
                     ]
                 )
             )
+        if not self._early_taken:
+            # Reserved early and not asked for (a replay found under the lock, or a unit that
+            # was not a send's): given back in this transaction, so with the unit's writes.
+            release = self._early_params(False)
+            if release is not None:
+                statements.append(sql.release)
+                params += release
         statements.append("COMMIT")
         cur = self._store._client_cursor(conn)
         cur.execute("; ".join(statements), params)
@@ -1256,6 +1357,45 @@ class _PostgresUnit:
         except store._error as exc:
             store._fail(exc, "reading a receipt")
         return _receipt(row) if row is not None else None
+
+    def reserve_quota(self, month: str, count: int, limit: int | None) -> int | None:
+        """:meth:`PostgresStore.reserve_quota` for this unit's event (``QuotaUnitOfWork``).
+
+        Usually already done: a unit opened just after a single send's lookup of its buddy
+        (see :meth:`PostgresStore._expected_quota`) reserves one event of the month and
+        limit this store's units were last asked for, in a transaction of its own committed
+        in the unit's opening round trip just before the unit's own (``BEGIN; reserve;
+        COMMIT; BEGIN; lock ...``), so the tenant's quota row stays locked for one statement,
+        as when the Engine reserved outside the unit, and no round trip is spent on it. That
+        reservation is given back by the unit if it rolls back, or commits without it being
+        taken here. Otherwise (the first send, a new month) the quota is reserved now, inside
+        the unit's transaction, and holds the quota row until the unit ends.
+        """
+        self._check_open()
+        if count < 0:
+            raise ValueError("count must not be negative")
+        store = self._store
+        store._remember_unit_quota(self._tenant, month, limit)
+        early = self._early
+        if (
+            early is not None
+            and not self._early_taken
+            and count == 1
+            and early[0] == month
+            and early[1] == limit
+        ):
+            self._early_taken = True
+            return early[2]
+        conn = self._conn
+        assert conn is not None
+        try:
+            cur = store._client_cursor(conn)
+            row = cur.execute(store._sql.reserve, (self._tenant, month, count, limit, False))
+            found = row.fetchone()
+        except store._error as exc:
+            store._fail(exc, "reserving quota")
+        used = found[0] if found is not None else None
+        return int(used) if used is not None else None
 
     def put_receipt(self, receipt: Receipt) -> None:
         """Record a receipt (sent on commit, where a duplicate raises ConflictError)."""

@@ -1,0 +1,314 @@
+"""PostgresStore units take a single send's quota (``quota_in_unit``).
+
+A unit opened right after a single send's lookup reserves the event's quota in its opening
+round trip, in a transaction of its own just before the unit's, and gives it back when the
+unit rolls back or commits without it being asked for. The first send (no month known yet)
+reserves inside the unit's transaction.
+
+Needs ``BUDDYRULES_TEST_POSTGRES_DSN`` (see conftest.py: skipped without it, failed under CI).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from buddyrules import EventQuotaExceeded, load_rulebook
+from buddyrules.errors import StoreError
+from buddyrules.service import Engine
+from buddyrules.storage import BuddyKey, Receipt
+
+MONTH = "2024-05"
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+RULEBOOK: dict[str, Any] = {
+    "name": "quota",
+    "auto_hatch": True,
+    "audiences": ["student"],
+    "event_types": {"student": ["lesson"]},
+    "coin_rules": [{"key": "lesson", "event": "lesson", "amount": 3}],
+}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def pg_store(postgres_dsn: str, postgres_schema: str) -> Iterator[Any]:
+    from buddyrules.storage.postgres import PostgresStore
+
+    store = PostgresStore(postgres_dsn, schema=postgres_schema)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _engine(store: Any, quota: int | None, clock: _Clock | None = None) -> Engine:
+    engine = Engine(
+        store,
+        tenant="t-quota-" + secrets.token_hex(4),
+        clock=clock or _Clock(),
+        monthly_event_quota=quota,
+    )
+    engine.publish(load_rulebook(RULEBOOK))
+    return engine
+
+
+def _lesson(event_id: str | None, user: str = "alice") -> dict[str, Any]:
+    event: dict[str, Any] = {"user_id": user, "type": "lesson"}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
+def _count_round_trips(store: Any) -> list[str]:
+    """Record every query the store sends from now on (one entry per round trip)."""
+    sent: list[str] = []
+    factory = store._client_cursor
+
+    def counting(conn: Any) -> Any:
+        cursor = factory(conn)
+        execute = cursor.execute
+
+        def counted(query: Any, params: Any = None) -> Any:
+            sent.append(str(query))
+            return execute(query, params)
+
+        cursor.execute = counted
+        return cursor
+
+    store._client_cursor = counting
+    return sent
+
+
+def test_postgres_units_take_the_quota(pg_store: Any) -> None:
+    assert pg_store.quota_in_unit
+
+
+def test_the_quota_is_counted_once_per_applied_event(pg_store: Any) -> None:
+    engine = _engine(pg_store, quota=3)
+    for i in range(3):
+        assert not engine.send(_lesson(f"e{i}")).replayed
+    assert engine.send(_lesson("e1")).replayed  # a replay uses no quota, even when it is full
+    assert engine.quota_used(MONTH) == 3
+    with pytest.raises(EventQuotaExceeded) as raised:
+        engine.send(_lesson("e3"))
+    assert raised.value.details["limit"] == 3
+    assert engine.quota_used(MONTH) == 3
+    assert pg_store.get_receipt(engine.tenant, "e3") is None
+    assert engine.buddy("alice").events_applied == 3
+
+
+def test_events_without_ids_are_counted_too(pg_store: Any) -> None:
+    engine = _engine(pg_store, quota=None)
+    for _ in range(3):
+        engine.send(_lesson(None))
+    assert engine.quota_used(MONTH) == 3
+    assert engine.buddy("alice").events_applied == 3
+
+
+def test_a_single_send_takes_three_round_trips(pg_store: Any) -> None:
+    engine = _engine(pg_store, quota=100)
+    engine.send(_lesson("first"))  # the first send reserves inside its unit
+    sent = _count_round_trips(pg_store)
+    engine.send(_lesson("second"))
+    assert len(sent) == 3  # the lookup, the opening (with the quota), the commit
+    assert "buddyrules_reserve" in sent[1] and "buddyrules_lock" in sent[1]
+    assert engine.quota_used(MONTH) == 2
+
+
+def test_the_usage_threshold_message_is_written_once(pg_store: Any) -> None:
+    engine = _engine(pg_store, quota=10)
+    for i in range(10):
+        engine.send(_lesson(f"e{i}"))
+        usage = [m for m in engine.outbox.pending(1000) if m.type == "usage.threshold_reached"]
+        assert len(usage) == (1 if i >= 7 else 0), i
+    assert usage[0].payload["used"] == 8
+
+
+class _Broken:
+    """A unit whose put_buddy fails after the quota was reserved."""
+
+    def __init__(self, unit: Any) -> None:
+        self.unit = unit
+
+    def __enter__(self) -> _Broken:
+        self.unit.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.unit.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.unit, name)
+
+    def put_buddy(self, state: Any) -> None:
+        raise StoreError("disk on fire")
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["reserved-in-unit", "reserved-early"])
+def test_a_failing_apply_leaves_no_quota_behind(pg_store: Any, warm: bool) -> None:
+    engine = _engine(pg_store, quota=5)
+    engine.hatch("alice")
+    if warm:
+        engine.send(_lesson("warm-up"))  # the next unit reserves early
+    used = engine.quota_used(MONTH)
+    open_unit = pg_store.unit_of_work
+    pg_store.unit_of_work = lambda tenant, key: _Broken(open_unit(tenant, key))
+    try:
+        with pytest.raises(StoreError, match="disk on fire"):
+            engine.send(_lesson("e1"))
+    finally:
+        pg_store.unit_of_work = open_unit
+    assert engine.quota_used(MONTH) == used
+    assert pg_store.get_receipt(engine.tenant, "e1") is None
+    assert not engine.send(_lesson("e1")).replayed
+    assert engine.quota_used(MONTH) == used + 1
+
+
+def test_a_replay_found_under_the_lock_gives_the_early_quota_back(
+    pg_store: Any, postgres_dsn: str, postgres_schema: str
+) -> None:
+    from buddyrules.storage.postgres import PostgresStore
+
+    engine = _engine(pg_store, quota=5)
+    engine.send(_lesson("warm-up"))
+    assert not engine.send(_lesson("e1")).replayed
+    # The engine's lookup finds no receipt for "e2"; another process records it before the
+    # unit opens: the unit reserves early, finds the receipt under the lock, gives it back.
+    lookup = pg_store.lookup
+
+    def racing_lookup(*args: Any) -> Any:
+        found = lookup(*args)
+        other = PostgresStore(postgres_dsn, schema=postgres_schema)
+        try:
+            with other.unit_of_work(engine.tenant, BuddyKey("bob", "student")) as uow:
+                e1 = pg_store.get_receipt(engine.tenant, "e1")
+                uow.put_receipt(Receipt("e2", e1.fingerprint, "alice", "student", e1.effects))
+        finally:
+            other.close()
+        return found
+
+    pg_store.lookup = racing_lookup
+    try:
+        replay = engine.send(_lesson("e2"))
+    finally:
+        del pg_store.lookup
+    assert replay.replayed
+    assert engine.quota_used(MONTH) == 2  # warm-up and e1
+
+
+def test_other_units_give_an_early_reservation_back(pg_store: Any) -> None:
+    engine = _engine(pg_store, quota=5)
+    engine.send(_lesson("warm-up"))
+    tenant, key = engine.tenant, BuddyKey("alice", "student")
+    # A lookup of one buddy marks its next unit as a send's: one that is not asked for
+    # quota (here a plain unit, as an admin call would open) reserves and gives it back.
+    pg_store.lookup(tenant, [key], ["unused"])
+    with pg_store.unit_of_work(tenant, key) as uow:
+        assert uow._early is not None and uow._early[2] == 2
+        assert pg_store.quota_used(tenant, MONTH) == 2  # reserved, not yet given back
+    assert pg_store.quota_used(tenant, MONTH) == 1
+    # The same when that unit fails.
+    pg_store.lookup(tenant, [key], ["unused"])
+    with pytest.raises(RuntimeError), pg_store.unit_of_work(tenant, key):
+        raise RuntimeError("boom")
+    assert pg_store.quota_used(tenant, MONTH) == 1
+    # Only the next unit of that buddy, on that thread, outside a group, reserves early.
+    pg_store.lookup(tenant, [key], ["unused"])
+    with pg_store.unit_of_work(tenant, BuddyKey("bob", "student")) as uow:
+        assert uow._early is None
+    with pg_store.unit_of_work(tenant, key) as uow:
+        assert uow._early is None
+    pg_store.lookup(tenant, [key], ["unused"])
+    with pg_store.group(tenant), pg_store.unit_of_work(tenant, key) as uow:
+        assert uow._early is None
+    # Nor after a lookup that found a receipt (a replay), or a plain reservation.
+    pg_store.lookup(tenant, [key], ["warm-up"])
+    with pg_store.unit_of_work(tenant, key) as uow:
+        assert uow._early is None
+    pg_store.lookup(tenant, [key], ["unused"])
+    assert pg_store.reserve_quota(tenant, MONTH, 1, None) == 2
+    with pg_store.unit_of_work(tenant, key) as uow:
+        assert uow._early is None
+    assert pg_store.quota_used(tenant, MONTH) == 2
+
+
+def test_a_full_quota_found_early_is_reported_and_nothing_is_kept(pg_store: Any) -> None:
+    engine = _engine(pg_store, quota=2)
+    engine.send(_lesson("e0"))
+    engine.send(_lesson("e1"))  # reserved early: the quota is now full
+    with pytest.raises(EventQuotaExceeded):
+        engine.send(_lesson("e2"))  # reserved early too: refused, nothing reserved
+    assert engine.quota_used(MONTH) == 2
+    assert pg_store.get_receipt(engine.tenant, "e2") is None
+
+
+def test_a_new_month_is_reserved_in_the_unit_and_the_old_guess_given_back(pg_store: Any) -> None:
+    clock = _Clock()
+    engine = _engine(pg_store, quota=None, clock=clock)
+    engine.send(_lesson("may-1"))
+    engine.send(_lesson("may-2"))
+    clock.now = datetime(2024, 6, 1, 0, 0, tzinfo=UTC)
+    engine.send(_lesson("june-1"))  # guessed May: given back, June reserved in the unit
+    engine.send(_lesson("june-2"))  # guessed June
+    assert engine.quota_used(MONTH) == 2
+    assert engine.quota_used("2024-06") == 2
+
+
+def test_a_unit_can_reserve_more_in_its_own_transaction(pg_store: Any) -> None:
+    tenant, key = "t-unit-reserve-" + secrets.token_hex(4), BuddyKey("alice", "student")
+    with pg_store.unit_of_work(tenant, key) as uow:
+        assert uow.reserve_quota(MONTH, 2, None) == 2
+        assert uow.reserve_quota(MONTH, 1, 3) == 3
+        assert uow.reserve_quota(MONTH, 1, 3) is None  # the limit holds in a unit
+    assert pg_store.quota_used(tenant, MONTH) == 3
+    with pytest.raises(RuntimeError), pg_store.unit_of_work(tenant, key) as uow:
+        uow.reserve_quota(MONTH, 4, None)
+        raise RuntimeError("boom")
+    assert pg_store.quota_used(tenant, MONTH) == 3  # rolled back with the unit
+    with pytest.raises(ValueError), pg_store.unit_of_work(tenant, key) as uow:
+        uow.reserve_quota(MONTH, -1, None)
+
+
+def test_concurrent_sends_never_exceed_the_quota(postgres_dsn: str, postgres_schema: str) -> None:
+    from buddyrules.storage.postgres import PostgresStore
+
+    store = PostgresStore(postgres_dsn, schema=postgres_schema, max_size=8)
+    try:
+        engine = _engine(store, quota=30)
+        results: list[str] = []
+        lock = threading.Lock()
+
+        def writer(w: int) -> None:
+            mine = Engine(store, tenant=engine.tenant, clock=_Clock(), monthly_event_quota=30)
+            for i in range(8):
+                try:
+                    mine.send(_lesson(f"w{w}-{i}", user=f"u{w}"))
+                    outcome = "applied"
+                except EventQuotaExceeded:
+                    outcome = "refused"
+                with lock:
+                    results.append(outcome)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results.count("applied") == 30
+        assert results.count("refused") == 18
+        assert engine.quota_used(MONTH) == 30
+        assert sum(engine.buddy(f"u{w}").events_applied for w in range(6)) == 30
+    finally:
+        store.close()
