@@ -23,6 +23,8 @@ from buddyrules.errors import StoreError
 from buddyrules.service import Engine
 from buddyrules.storage import BuddyKey, Receipt
 
+from .test_postgres_store import count_round_trips
+
 MONTH = "2024-05"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RULEBOOK: dict[str, Any] = {
@@ -71,26 +73,6 @@ def _lesson(event_id: str | None, user: str = "alice") -> dict[str, Any]:
     return event
 
 
-def _count_round_trips(store: Any) -> list[str]:
-    """Record every query the store sends from now on (one entry per round trip)."""
-    sent: list[str] = []
-    factory = store._client_cursor
-
-    def counting(conn: Any) -> Any:
-        cursor = factory(conn)
-        execute = cursor.execute
-
-        def counted(query: Any, params: Any = None) -> Any:
-            sent.append(str(query))
-            return execute(query, params)
-
-        cursor.execute = counted
-        return cursor
-
-    store._client_cursor = counting
-    return sent
-
-
 def test_postgres_units_take_the_quota(pg_store: Any) -> None:
     assert pg_store.quota_in_unit
 
@@ -120,7 +102,7 @@ def test_events_without_ids_are_counted_too(pg_store: Any) -> None:
 def test_a_single_send_takes_three_round_trips(pg_store: Any) -> None:
     engine = _engine(pg_store, quota=100)
     engine.send(_lesson("first"))  # the first send reserves inside its unit
-    sent = _count_round_trips(pg_store)
+    sent = count_round_trips(pg_store)
     engine.send(_lesson("second"))
     assert len(sent) == 3  # the lookup, the opening (with the quota), the commit
     assert "buddyrules_reserve" in sent[1] and "buddyrules_lock" in sent[1]

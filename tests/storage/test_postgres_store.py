@@ -565,24 +565,20 @@ def _lookup_expected(
     return buddies, receipts
 
 
-class _CountingCursor:
-    """Counts the queries (round trips) a store sends through its client cursors."""
+def count_round_trips(store: Any) -> list[str]:
+    """Record every query the store sends through its libpq path (one per round trip).
 
-    def __init__(self, factory: Any, sent: list[str]) -> None:
-        self._factory = factory
-        self._sent = sent
+    ``del store._exchange_on`` stops recording.
+    """
+    sent: list[str] = []
+    exchange = store._exchange_on
 
-    def __call__(self, conn: Any) -> Any:
-        cursor = self._factory(conn)
-        sent = self._sent
-        execute = cursor.execute
+    def counted(conn: Any, sql: str, params: Any) -> Any:
+        sent.append(sql)
+        return exchange(conn, sql, params)
 
-        def counted(query: Any, params: Any = None) -> Any:
-            sent.append(str(query))
-            return execute(query, params)
-
-        cursor.execute = counted
-        return cursor
+    store._exchange_on = counted
+    return sent
 
 
 @pytest.fixture
@@ -629,13 +625,11 @@ def test_lookup_returns_what_get_buddy_and_get_receipt_return_in_one_round_trip(
 ) -> None:
     store, tenant_a, tenant_b = filled_pg_store
     for tenant in (tenant_a, tenant_b, tenant_a + "-empty"):
-        sent: list[str] = []
-        cursor_class = store._client_cursor
-        store._client_cursor = _CountingCursor(cursor_class, sent)
+        sent = count_round_trips(store)
         try:
             buddies, receipts = store.lookup(tenant, keys, event_ids)
         finally:
-            store._client_cursor = cursor_class
+            del store._exchange_on
         assert len(sent) == (1 if keys or event_ids else 0)
         assert (buddies, receipts) == _lookup_expected(store, tenant, keys, event_ids)
         for key, state in buddies.items():
