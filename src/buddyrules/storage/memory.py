@@ -14,20 +14,25 @@ How it keeps the promises of :mod:`buddyrules.storage.protocols`:
 * quota reservations are a check-and-add under the same mutex.
 
 Buddy states are kept as given (immutable by convention: the engine builds a new state for
-every change). Receipts, ledger entries and outbox messages are kept as snapshots: flat
-tuples whose JSON-like parts (effects, payloads) are packed with :mod:`marshal`, as soon as
-they are written to a unit. That is what a database does too (a caller mutating a dict later
-cannot change the store), and it keeps a store holding millions of records out of the cyclic
-garbage collector's way: tuples of strings, numbers and bytes are not tracked, so full
-collections do not walk them. Records are rebuilt when read (reads are rare; commits are
-the hot path). Internal indexes are keyed by plain ``(user_id, audience)`` tuples, whose
-hashing is cheaper than a dataclass's.
+every change). Receipts, ledger entries and outbox messages are kept as snapshots, packed as
+soon as they are written to a unit: each record is one :mod:`marshal` blob (bytes) of its
+plain values, its time kept beside it as given (a datetime holds no references). That is what
+a database does too (a caller mutating a dict later cannot change the store). It also keeps
+a store holding millions of records out of the cyclic garbage collector's way: bytes are not
+containers, so the collector never counts, scans or promotes them. Tuples would be untracked
+only after surviving a collection, and until then every record kept would count towards the
+next one; a ``send`` on a store of tuples ran about seven of them per event, which made the
+collector run ten times as often as the engine alone. A record marshal cannot hold (a value
+of another type, e.g. a datetime in a payload) is kept as a tuple holding a private copy
+instead. Records are rebuilt when read (reads are rare; commits are the hot path). Internal
+indexes are keyed by plain ``(user_id, audience)`` tuples, whose hashing is cheaper than a
+dataclass's.
 
-What one unit writes is kept in chunks rather than one row per record: the ledger entries of
-a unit that share buddy, reference and time are one tuple, and so are its outbox messages
-(their payloads one marshal blob); ids inside a chunk are consecutive. A store's cost per
-event is mostly the memory it keeps, so fewer, smaller objects are what make commits cheap.
-An acknowledgement finds its chunk by bisection over the chunks' first ids.
+What one unit writes is kept in chunks rather than one record per entry: the ledger entries
+of a unit that share buddy, reference and time are one blob, and so are its outbox messages;
+ids inside a chunk are consecutive, and a chunk's first id is kept beside it (ids are given
+on commit, after the blob is packed). An acknowledgement finds its chunk by bisection over
+the chunks' first ids.
 
 The Engine writes through three extra methods of :class:`MemoryUnitOfWork`
 (:meth:`~MemoryUnitOfWork.put_effects_receipt`, :meth:`~MemoryUnitOfWork.append_ledger_entries`,
@@ -66,82 +71,64 @@ from buddyrules.storage.protocols import (
 
 __all__ = ["MemoryStore", "MemoryUnitOfWork"]
 
-# Snapshot rows (see the module docstring). A packed value is marshal bytes, or a private
-# deep copy in the rare case marshal cannot hold it (e.g. a datetime inside a payload).
+# Records (see the module docstring): one marshal blob each, or, when marshal cannot hold a
+# value, a tuple of the same values holding a private deep copy.
 _Key = tuple[str, str]  # (user_id, audience)
-_ReceiptRow = tuple[str, str, str, Any]  # fingerprint, user_id, audience, packed effects
-# A unit's ledger entries that share buddy, reference and time, kept together: a chunk is
-# one tuple per unit however many entries the event made. ``entries`` are (currency, amount,
-# balance_after, reason) tuples; their ids are consecutive from ``first_id``.
+_Packed = bytes | tuple[Any, ...]
+# A receipt: (fingerprint, user_id, audience, effects), where effects is the wire dict, or the
+# values of the Effects fields but the trace (what the Engine's fast path writes: cheaper
+# than building the wire dict, which is only built when the receipt is read back).
+# A ledger chunk: (user_id, audience, reference, entries), the entries of one unit that
+# share buddy, reference and time, as (currency, amount, balance_after, reason) tuples.
+# An outbox chunk: (user_id, audience, messages), one unit's (type, payload) pairs.
+# A chunk's time is kept beside it, as given: a datetime is not a container either.
 _Entry = tuple[str, int, int, str]
-_PendingChunk = tuple[str, str, str | None, datetime, tuple[_Entry, ...]]  # user, aud, ref, at
-_LedgerChunk = tuple[int, str, str, str | None, datetime, tuple[_Entry, ...]]  # first_id, ...
-# Outbox messages of one unit that share buddy and time are kept together too: a chunk is
-# ``[first_id, user_id, audience, at, packed, count, acked]`` where ``packed`` holds the
-# ``(type, payload)`` pairs (one marshal for them all), their ids are consecutive from
-# ``first_id``, and ``acked`` is the set of acknowledged offsets (None until the first ack).
-# A chunk leaves the pending dict when every message in it is acknowledged.
-_PendingOutbox = tuple[str, str, datetime, Any, int]  # user, audience, at, packed, count
-_OutboxChunk = tuple[int, str, str, datetime, Any, int]  # first_id, user, audience, at, ...
 
-
-def _pack(value: dict[str, Any]) -> Any:
-    try:
-        return marshal.dumps(value)
-    except ValueError:  # not marshal-able: keep a private copy instead
-        return copy.deepcopy(value)
-
-
-# A receipt written from an Effects object (the Engine's fast path) is packed as the marshal
-# of its field values, without the trace: cheaper than building the wire dict first. It is
-# rendered to the wire dict only when read back (replays are rare; sends are the hot path).
 _EFFECT_FIELDS = tuple(f.name for f in fields(Effects) if f.name != "trace")
 _effect_values = attrgetter(*_EFFECT_FIELDS)
 
 
-def _pack_effects(effects: Effects) -> Any:
+def _pack_row(values: tuple[Any, ...]) -> _Packed:
+    """A record as one marshal blob, or as a private deep copy if marshal cannot hold it
+    (a value of another type, e.g. a datetime or a tuple subclass inside a payload)."""
     try:
-        return marshal.dumps(_effect_values(effects))
-    except ValueError:  # a value marshal cannot hold: keep the wire dict instead
-        return _pack(effects.to_wire(include_trace=False))
+        return marshal.dumps(values)
+    except ValueError:
+        copied: tuple[Any, ...] = copy.deepcopy(values)
+        return copied
 
 
-def _receipt_effects(packed: Any) -> dict[str, Any]:
-    if isinstance(packed, bytes):
-        value = marshal.loads(packed)
-        if type(value) is tuple:  # see _pack_effects
-            return Effects(**dict(zip(_EFFECT_FIELDS, value, strict=True))).to_wire(
-                include_trace=False
-            )
-        wire: dict[str, Any] = value
-        return wire
-    return copy.deepcopy(packed)
+def _unpack_row(row: _Packed) -> tuple[Any, ...]:
+    """A record's values; a fresh copy every time, so readers cannot change the store."""
+    if isinstance(row, bytes):
+        values: tuple[Any, ...] = marshal.loads(row)
+        return values
+    copied: tuple[Any, ...] = copy.deepcopy(row)
+    return copied
 
 
-def _receipt_of(event_id: str, row: _ReceiptRow) -> Receipt:
-    return Receipt(event_id, row[0], row[1], row[2], _receipt_effects(row[3]))
+def _receipt_of(event_id: str, row: _Packed) -> Receipt:
+    fingerprint, user_id, audience, effects = _unpack_row(row)
+    if type(effects) is tuple:  # Effects field values (see put_effects_receipt)
+        effects = Effects(**dict(zip(_EFFECT_FIELDS, effects, strict=True))).to_wire(
+            include_trace=False
+        )
+    return Receipt(event_id, fingerprint, user_id, audience, effects)
 
 
-def _ledger_of(chunks: Iterable[_LedgerChunk]) -> list[LedgerRecord]:
-    return [
-        LedgerRecord(user_id, audience, currency, amount, balance, reason, reference, at, ident)
-        for first, user_id, audience, reference, at, entries in chunks
-        for ident, (currency, amount, balance, reason) in enumerate(entries, first)
-    ]
-
-
-def _pack_messages(messages: tuple[tuple[str, dict[str, Any]], ...]) -> Any:
-    try:
-        return marshal.dumps(messages)
-    except ValueError:  # not marshal-able: keep a private copy instead
-        return copy.deepcopy(messages)
-
-
-def _unpack_messages(packed: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
-    if isinstance(packed, bytes):
-        value: tuple[tuple[str, dict[str, Any]], ...] = marshal.loads(packed)
-        return value
-    return copy.deepcopy(packed)
+def _ledger_of(data: _Tenant, positions: Iterable[int]) -> list[LedgerRecord]:
+    chunks = data.ledger
+    firsts = data.ledger_first
+    out: list[LedgerRecord] = []
+    times = data.ledger_at
+    for pos in positions:
+        user_id, audience, reference, entries = _unpack_row(chunks[pos])
+        at = times[pos]
+        out.extend(
+            LedgerRecord(user_id, audience, currency, amount, balance, reason, reference, at, i)
+            for i, (currency, amount, balance, reason) in enumerate(entries, firsts[pos])
+        )
+    return out
 
 
 def _closed() -> StoreError:
@@ -164,9 +151,13 @@ class _Tenant:
     __slots__ = (
         "buddies",
         "ledger",
+        "ledger_at",
         "ledger_by_key",
+        "ledger_first",
         "outbox",
         "outbox_acked",
+        "outbox_at",
+        "outbox_count",
         "outbox_starts",
         "receipts",
         "rulebooks",
@@ -174,14 +165,21 @@ class _Tenant:
 
     def __init__(self) -> None:
         self.buddies: dict[_Key, BuddyState] = {}
-        self.receipts: dict[str, _ReceiptRow] = {}
+        self.receipts: dict[str, _Packed] = {}
         self.rulebooks: dict[str, RulebookRecord] = {}
-        self.ledger: list[_LedgerChunk] = []
-        self.ledger_by_key: dict[_Key, list[_LedgerChunk]] = {}
-        # Pending messages by id; dicts keep insertion order, so this is oldest first.
-        self.outbox: dict[int, _OutboxChunk] = {}
+        # Ledger chunks in commit order, each chunk's first id and time at the same
+        # position, and each buddy's chunk positions.
+        self.ledger: list[_Packed] = []
+        self.ledger_first: list[int] = []
+        self.ledger_at: list[datetime] = []
+        self.ledger_by_key: dict[_Key, list[int]] = {}
+        # Pending outbox chunks, their message counts and times, by first id; dicts keep
+        # insertion order, so this is oldest first.
+        self.outbox: dict[int, _Packed] = {}
+        self.outbox_count: dict[int, int] = {}
+        self.outbox_at: dict[int, datetime] = {}
         # Offsets acknowledged so far, only for chunks partly acknowledged (chunks stay
-        # immutable tuples, which the collector does not walk).
+        # immutable blobs).
         self.outbox_acked: dict[int, set[int]] = {}
         # First ids of the chunks, ascending (an ack finds its chunk by bisection); ids of
         # chunks acknowledged since are dropped lazily.
@@ -214,9 +212,10 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
         self._buddy: BuddyState | None = None
         # Receipts keep the object too, so that reads inside the unit return it as given
         # (None for one written by put_effects_receipt: read back from its row).
-        self._receipts: dict[str, tuple[Receipt | None, _ReceiptRow]] = {}
-        self._ledger: list[_PendingChunk] = []
-        self._outbox: list[_PendingOutbox] = []
+        self._receipts: dict[str, tuple[Receipt | None, _Packed]] = {}
+        # Packed chunks with their entry (message) counts and times, and the ledger's buddy.
+        self._ledger: list[tuple[_Packed, int, datetime, _Key]] = []
+        self._outbox: list[tuple[_Packed, int, datetime]] = []
 
     def __enter__(self) -> MemoryUnitOfWork:
         self._lock.acquire()
@@ -274,7 +273,7 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
         event_id = receipt.event_id
         if event_id in self._receipts or event_id in self._data.receipts:
             raise _duplicate_receipt(event_id)
-        row = (receipt.fingerprint, receipt.user_id, receipt.audience, _pack(receipt.effects))
+        row = _pack_row((receipt.fingerprint, receipt.user_id, receipt.audience, receipt.effects))
         self._receipts[event_id] = (receipt, row)
 
     def append_ledger(self, entries: Sequence[LedgerRecord]) -> None:
@@ -284,11 +283,17 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
         self._ledger.extend(
             [
                 (
-                    e.user_id,
-                    e.audience,
-                    e.reference,
+                    _pack_row(
+                        (
+                            e.user_id,
+                            e.audience,
+                            e.reference,
+                            ((e.currency, e.amount, e.balance_after, e.reason),),
+                        )
+                    ),
+                    1,
                     e.at,
-                    ((e.currency, e.amount, e.balance_after, e.reason),),
+                    (e.user_id, e.audience),
                 )
                 for e in entries
             ]
@@ -300,7 +305,7 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
             raise _closed()
         self._outbox.extend(
             [
-                (m.user_id, m.audience, m.at, _pack_messages(((m.type, m.payload),)), 1)
+                (_pack_row((m.user_id, m.audience, ((m.type, m.payload),))), 1, m.at)
                 for m in messages
             ]
         )
@@ -321,7 +326,7 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
         user_id, audience = self._ident
         self._receipts[event_id] = (
             None,
-            (fingerprint, user_id, audience, _pack_effects(effects)),
+            _pack_row((fingerprint, user_id, audience, _effect_values(effects))),
         )
 
     def append_ledger_entries(
@@ -333,11 +338,10 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
         if not self._open:
             raise _closed()
         if entries:
-            user_id, audience = self._ident
-            # Plain tuples: the collector untracks a tuple of strings and numbers, but never
-            # an instance of a tuple subclass such as the engine's named tuples.
+            ident = self._ident
+            # Plain tuples: marshal takes no tuple subclass (the engine's are named tuples).
             kept = tuple([_plain_tuple(entry) for entry in entries])
-            self._ledger.append((user_id, audience, reference, at, kept))
+            self._ledger.append((_pack_row((*ident, reference, kept)), len(kept), at, ident))
 
     def append_notifications(
         self, notifications: Iterable[tuple[str, dict[str, Any]]], at: datetime
@@ -349,8 +353,7 @@ class MemoryUnitOfWork(AbstractContextManager["MemoryUnitOfWork"]):
         # Plain pairs: marshal takes no tuple subclass (the engine's are named tuples).
         messages = tuple([(kind, payload) for kind, payload in notifications])
         if messages:
-            user_id, audience = self._ident
-            self._outbox.append((user_id, audience, at, _pack_messages(messages), len(messages)))
+            self._outbox.append((_pack_row((*self._ident, messages)), len(messages), at))
 
 
 class MemoryStore:
@@ -393,21 +396,29 @@ class MemoryStore:
             next_id = self._next_id
             if ledger:
                 chunks = data.ledger
+                firsts = data.ledger_first
+                times = data.ledger_at
                 by_key = data.ledger_by_key
-                for user_id, audience, reference, at, entries in ledger:
-                    chunk = (next_id, user_id, audience, reference, at, entries)
-                    next_id += len(entries)
-                    chunks.append(chunk)
-                    own = by_key.get((user_id, audience))
+                for packed, count, at, ident in ledger:
+                    pos = len(chunks)
+                    chunks.append(packed)
+                    firsts.append(next_id)
+                    times.append(at)
+                    next_id += count
+                    own = by_key.get(ident)
                     if own is None:
-                        by_key[(user_id, audience)] = [chunk]
+                        by_key[ident] = [pos]
                     else:
-                        own.append(chunk)
+                        own.append(pos)
             if outbox:
                 pending = data.outbox
+                counts = data.outbox_count
+                stamps = data.outbox_at
                 starts = data.outbox_starts
-                for user_id, audience, at, packed, count in outbox:
-                    pending[next_id] = (next_id, user_id, audience, at, packed, count)
+                for packed, count, at in outbox:
+                    pending[next_id] = packed
+                    counts[next_id] = count
+                    stamps[next_id] = at
                     starts.append(next_id)
                     next_id += count
             self._next_id = next_id
@@ -531,10 +542,11 @@ class MemoryStore:
             return []
         with self._mutex:
             if key is None:
-                chunks = list(data.ledger)
+                positions: list[int] = list(range(len(data.ledger)))
             else:
-                chunks = list(data.ledger_by_key.get((key.user_id, key.audience), ()))
-        return _ledger_of(chunks)
+                positions = list(data.ledger_by_key.get((key.user_id, key.audience), ()))
+            # Chunks are never changed or removed once committed: read them outside.
+        return _ledger_of(data, positions)
 
     def outbox_pending(self, tenant: str, limit: int = 100) -> list[OutboxMessage]:
         """Committed, unacknowledged messages, oldest first."""
@@ -545,16 +557,20 @@ class MemoryStore:
             chunks = []
             room = limit
             partly = data.outbox_acked
-            for chunk in data.outbox.values():
-                done = partly.get(chunk[0])
+            counts = data.outbox_count
+            times = data.outbox_at
+            for first, packed in data.outbox.items():
+                done = partly.get(first)
                 # A copy of the acked offsets: acks may change the set once the mutex is free.
-                chunks.append((*chunk, frozenset(done) if done is not None else None))
-                room -= chunk[5] - (len(done) if done is not None else 0)
+                acked_now = frozenset(done) if done is not None else None
+                chunks.append((first, packed, times[first], acked_now))
+                room -= counts[first] - (len(done) if done is not None else 0)
                 if room <= 0:
                     break
         out: list[OutboxMessage] = []
-        for first, user_id, audience, at, packed, _count, acked in chunks:
-            for offset, (kind, payload) in enumerate(_unpack_messages(packed)):
+        for first, packed, at, acked in chunks:
+            user_id, audience, messages = _unpack_row(packed)
+            for offset, (kind, payload) in enumerate(messages):
                 if acked is None or offset not in acked:
                     out.append(OutboxMessage(kind, user_id, audience, payload, at, first + offset))
         return out[:limit]
@@ -567,6 +583,7 @@ class MemoryStore:
         acked = 0
         with self._mutex:
             pending = data.outbox
+            counts = data.outbox_count
             starts = data.outbox_starts
             for ident in ids:
                 if not isinstance(ident, int):
@@ -574,22 +591,25 @@ class MemoryStore:
                 at = bisect.bisect_right(starts, ident) - 1
                 if at < 0:
                     continue
-                chunk = pending.get(starts[at])
-                if chunk is None:
+                first = starts[at]
+                count = counts.get(first)
+                if count is None:  # acknowledged in full already
                     continue
-                offset = ident - chunk[0]
-                if offset >= chunk[5]:
+                offset = ident - first
+                if offset >= count:
                     continue
-                done = data.outbox_acked.get(chunk[0])
+                done = data.outbox_acked.get(first)
                 if done is None:
-                    done = data.outbox_acked[chunk[0]] = set()
+                    done = data.outbox_acked[first] = set()
                 elif offset in done:
                     continue
                 done.add(offset)
                 acked += 1
-                if len(done) == chunk[5]:
-                    del pending[chunk[0]]
-                    del data.outbox_acked[chunk[0]]
+                if len(done) == count:
+                    del pending[first]
+                    del counts[first]
+                    del data.outbox_at[first]
+                    del data.outbox_acked[first]
             if len(starts) > 2 * len(pending) + 1024:
                 starts[:] = list(pending)
         return acked
