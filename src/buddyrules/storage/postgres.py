@@ -38,8 +38,9 @@ Design, in short (the reasons are next to the code):
   statements for the client) of statements prepared once per connection (``_Sql.prepare``:
   the server neither parses nor plans them per unit), handed to libpq directly rather than
   through a psycopg cursor (:meth:`PostgresStore._exchange_on`); ledger and outbox rows
-  travel as one JSON parameter per table. The written state comes back as stored (``RETURNING``), so the
-  next read of the buddy finds the parsed state in the cache instead of parsing it again.
+  travel as one JSON parameter per table. States are stored as the JSON text written (a
+  ``text`` column since schema version 2), so the next read of the buddy finds the parsed
+  state in the cache by comparing texts instead of parsing it again.
 * **group()** keeps one transaction per unit: holding many buddies' locks in one transaction
   across a batch would make two batches that touch the same buddies in different orders
   deadlock each other. What it saves is the fsyncs: inside a group each unit commits with
@@ -238,6 +239,24 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             END $$""",
         ),
     ),
+    # The server parsed every state into jsonb and printed it back on every read (and the
+    # stored form differed from the one sent, so the write returned it for the cache); the
+    # state is only ever read whole, by the store. A query that wants to look inside casts
+    # (``state::jsonb``). Rewrites the buddies table. The ledger's ids are only ever read
+    # per tenant: its primary key becomes (tenant, id), which also serves the tenant's
+    # ledger in order, and the separate (tenant, id) index goes (one index less per row).
+    Migration(
+        2,
+        "buddy states as text; ledger keyed by (tenant, id)",
+        (
+            "ALTER TABLE {s}.buddies ALTER COLUMN state TYPE text USING state::text",
+            "CREATE UNIQUE INDEX ledger_tenant_id ON {s}.ledger (tenant, id)",
+            "ALTER TABLE {s}.ledger DROP CONSTRAINT ledger_pkey",
+            "ALTER TABLE {s}.ledger ADD CONSTRAINT ledger_pkey PRIMARY KEY "
+            "USING INDEX ledger_tenant_id",
+            "DROP INDEX {s}.ledger_by_tenant",
+        ),
+    ),
 )
 
 
@@ -283,13 +302,10 @@ class _Sql:
                 "PREPARE buddyrules_receipt (text, text) AS "
                 + receipt_columns
                 + "WHERE tenant = $1 AND event_id = $2",
-                "PREPARE buddyrules_put_buddy (text, text, text, jsonb) AS "
+                "PREPARE buddyrules_put_buddy (text, text, text, text) AS "
                 f"INSERT INTO {s}.buddies (tenant, user_id, audience, state) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, user_id, audience) "
-                "DO UPDATE SET state = EXCLUDED.state, updated_at = now() "
-                # The text the next read will return (jsonb's form, not the one sent):
-                # cached with the state, it spares that read a parse.
-                "RETURNING state::text",
+                "DO UPDATE SET state = EXCLUDED.state, updated_at = now()",
                 "PREPARE buddyrules_put_receipt (text, text, text, text, text, json) AS "
                 f"INSERT INTO {s}.receipts (tenant, event_id, fingerprint, user_id, audience, "
                 "effects) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -315,7 +331,7 @@ class _Sql:
         self.prepare += "; " + "; ".join(
             (
                 "PREPARE buddyrules_buddy (text, text, text) AS "
-                f"SELECT state::text FROM {s}.buddies "
+                f"SELECT state FROM {s}.buddies "
                 "WHERE tenant = $1 AND user_id = $2 AND audience = $3",
                 "PREPARE buddyrules_reserve (text, text, bigint, bigint, boolean) AS "
                 f"SELECT {s}.reserve_quota($1, $2, $3, $4, $5)",
@@ -327,7 +343,7 @@ class _Sql:
                 # a nested loop of index probes: with a plain join or ``= ANY``, the generic
                 # plan of a prepared statement was seen to scan the tenant's whole key range.
                 "PREPARE buddyrules_lookup_buddies (text, text[], text[]) AS "
-                "SELECT b.user_id, b.audience, b.state::text "
+                "SELECT b.user_id, b.audience, b.state "
                 "FROM unnest($2, $3) AS k(user_id, audience) CROSS JOIN LATERAL "
                 f"(SELECT user_id, audience, state FROM {s}.buddies WHERE tenant = $1 "
                 "AND user_id = k.user_id AND audience = k.audience OFFSET 0) AS b",
@@ -357,16 +373,13 @@ class _Sql:
         self.put_outbox = "EXECUTE buddyrules_put_outbox(%s, %s)"
         self.quota_used = f"SELECT used FROM {s}.quota WHERE tenant = %s AND month = %s"
         self.buddies_page = (
-            f"SELECT user_id, audience, state::text FROM {s}.buddies WHERE tenant = %s "
+            f"SELECT user_id, audience, state FROM {s}.buddies WHERE tenant = %s "
             "AND (user_id, audience) > (%s, %s) ORDER BY user_id, audience LIMIT %s"
         )
         self.user_buddies = (
-            f"SELECT state::text FROM {s}.buddies WHERE tenant = %s AND user_id = %s "
-            "ORDER BY audience"
+            f"SELECT state FROM {s}.buddies WHERE tenant = %s AND user_id = %s ORDER BY audience"
         )
-        self.export = (
-            f"SELECT state::text FROM {s}.buddies WHERE tenant = %s ORDER BY user_id, audience"
-        )
+        self.export = f"SELECT state FROM {s}.buddies WHERE tenant = %s ORDER BY user_id, audience"
         self.put_rulebook = (
             f"INSERT INTO {s}.rulebooks (tenant, version, name, status, document_text, "
             "sequence, published_at, extra) VALUES (%s, %s, %s, %s, %s, %s::bigint, %s, "
@@ -1341,9 +1354,11 @@ class _PostgresUnit:
                 self._rollback(conn)
                 return
             try:
-                stored = self._commit(conn)
-                if self._buddy is not None and stored is not None:
-                    store._states.remember((self._tenant, *_key(self.key)), stored, self._buddy[1])
+                self._commit(conn)
+                if self._buddy is not None:
+                    # Stored as sent: the next read of this text reuses the parsed state.
+                    text, state = self._buddy
+                    store._states.remember((self._tenant, *_key(self.key)), text, state)
             except store._error as err:
                 self._rollback(conn)
                 if isinstance(err, _ServerError) and err.is_duplicate_in("receipts"):
@@ -1388,19 +1403,18 @@ class _PostgresUnit:
         except Exception:
             conn.close()  # as in _rollback_quietly; the reservation stays counted
 
-    def _commit(self, conn: psycopg.Connection[Any]) -> str | None:
+    def _commit(self, conn: psycopg.Connection[Any]) -> None:
         """Send every buffered write and the COMMIT as one query (one round trip).
 
-        Returns the buddy's state as now stored (as text), if this unit wrote it. A failing
-        statement skips the rest of the query, COMMIT included, and leaves the transaction
-        aborted for the caller to roll back.
+        A failing statement skips the rest of the query, COMMIT included, and leaves the
+        transaction aborted for the caller to roll back.
         """
         sql = self._store._sql
         tenant = self._tenant
         statements: list[str] = []
         params: list[Any] = []
         if self._buddy is not None:
-            statements.append(sql.put_buddy)  # first: its RETURNING row is the first result
+            statements.append(sql.put_buddy)
             params += (tenant, *_key(self.key), self._buddy[0])
         for r in self._receipts.values():
             statements.append(sql.put_receipt)
@@ -1451,11 +1465,7 @@ class _PostgresUnit:
                 statements.append(sql.release)
                 params += release
         statements.append("COMMIT")
-        results = self._store._exchange_on(conn, "; ".join(statements), params)
-        if self._buddy is None:
-            return None
-        stored = results[0].get_value(0, 0)
-        return stored.decode() if stored is not None else None
+        self._store._exchange_on(conn, "; ".join(statements), params)
 
     def _check_open(self) -> None:
         if not self._open:
