@@ -105,7 +105,7 @@ def test_a_single_send_takes_three_round_trips(pg_store: Any) -> None:
     sent = count_round_trips(pg_store)
     engine.send(_lesson("second"))
     assert len(sent) == 3  # the lookup, the opening (with the quota), the commit
-    assert "buddyrules_reserve" in sent[1] and "buddyrules_lock" in sent[1]
+    assert sent[1] == "BEGIN buddyrules_reserve COMMIT BEGIN buddyrules_lock buddyrules_receipt"
     assert engine.quota_used(MONTH) == 2
 
 
@@ -293,4 +293,33 @@ def test_concurrent_sends_never_exceed_the_quota(postgres_dsn: str, postgres_sch
         assert engine.quota_used(MONTH) == 30
         assert sum(engine.buddy(f"u{w}").events_applied for w in range(6)) == 30
     finally:
+        store.close()
+
+
+def test_an_opening_that_fails_after_the_early_reservation_gives_it_back(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    from buddyrules.storage.postgres import PostgresStore
+
+    store = PostgresStore(postgres_dsn, schema=postgres_schema, min_size=1, max_size=1)
+    other = PostgresStore(postgres_dsn, schema=postgres_schema)
+    try:
+        engine = _engine(store, quota=None)
+        engine.send(_lesson("warm-up"))
+        pool = store._get_pool()
+        conn = pool.getconn()
+        conn.execute("SET lock_timeout = '50ms'")  # the store's only connection
+        pool.putconn(conn)
+        # Another process holds alice's unit: the next send's unit reserves early, then
+        # times out waiting for her lock. The reservation was committed: it is given back.
+        with (
+            other.unit_of_work(engine.tenant, BuddyKey("alice", "student")),
+            pytest.raises(StoreError, match="lock timeout"),
+        ):
+            engine.send(_lesson("e1"))
+        assert engine.quota_used(MONTH) == 1
+        assert not engine.send(_lesson("e1")).replayed
+        assert engine.quota_used(MONTH) == 2
+    finally:
+        other.close()
         store.close()

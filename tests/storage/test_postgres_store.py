@@ -580,16 +580,17 @@ def _lookup_expected(
 
 
 def count_round_trips(store: Any) -> list[str]:
-    """Record every query the store sends through its libpq path (one per round trip).
+    """Record every round trip the store makes through its libpq path: its statements.
 
+    Each entry names the statements of one round trip (``"BEGIN buddyrules_lock ..."``);
     ``del store._exchange_on`` stops recording.
     """
     sent: list[str] = []
     exchange = store._exchange_on
 
-    def counted(conn: Any, sql: str, params: Any) -> Any:
-        sent.append(sql)
-        return exchange(conn, sql, params)
+    def counted(conn: Any, steps: Any) -> Any:
+        sent.append(" ".join(name.decode() for name, _ in steps))
+        return exchange(conn, steps)
 
     store._exchange_on = counted
     return sent

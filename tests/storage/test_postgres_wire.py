@@ -44,34 +44,37 @@ def one_connection_store(postgres_dsn: str, postgres_schema: str) -> Iterator[An
         store.close()
 
 
-@pytest.mark.parametrize("conforming", ["on", "off"])
-def test_literals_read_back_as_sent(postgres_dsn: str, conforming: str) -> None:
+def test_parameters_read_back_as_sent(postgres_dsn: str) -> None:
     import psycopg
 
-    from buddyrules.storage.postgres import _render
+    from buddyrules.storage.postgres import _encode
 
+    odd_items = ["NULL", "", " x ", "a,b", "{x}", 'a"b', "a\\b", "\\", '"', "é😀"]
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"SET standard_conforming_strings = {conforming}")
-        escape = psycopg.pq.Escaping(conn.pgconn).escape_string
         for text in STRINGS:
-            params = (text, -(2**63), 2**63 - 1, -1, True, False, None, [text, "x", ""], [])
-            query = _render(
-                "SELECT %s::text, %s::bigint, %s::bigint, 1-%s, %s::boolean, %s::boolean, "
-                "%s::text, %s::text[], %s::text[]",
-                params,
-                escape,
+            values = (text, -(2**63), 2**63 - 1, True, False, None, [text, *odd_items], [])
+            result = conn.pgconn.exec_params(
+                b"SELECT $1::text, $2::bigint, $3::bigint, $4::boolean, $5::boolean, "
+                b"$6::text, $7::text[], $8::text[]",
+                [_encode(value) for value in values],
             )
-            row = conn.execute(query).fetchone()
-            assert row == (text, -(2**63), 2**63 - 1, 2, True, False, None, [text, "x", ""], [])
+            assert result.status == 2, result.error_message
+            row = [result.get_value(0, i) for i in range(result.nfields)]
+            loaded = conn.cursor().execute(
+                "SELECT %s::text, %s::bigint, %s::bigint, %s::boolean, %s::boolean, %s::text, "
+                "%s::text[], %s::text[]",
+                [None if v is None else v.decode() for v in row],
+            )
+            assert loaded.fetchone() == (*values[:6], [text, *odd_items], [])
 
 
-def test_a_query_takes_as_many_parameters_as_placeholders() -> None:
-    from buddyrules.storage.postgres import _render
+def test_a_parameter_has_one_of_the_known_kinds() -> None:
+    from buddyrules.storage.postgres import _encode
 
-    with pytest.raises(ValueError, match="2 placeholders, 1 parameters"):
-        _render("SELECT %s, %s", ("a",), lambda data: data)
     with pytest.raises(TypeError, match="float"):
-        _render("SELECT %s", (1.5,), lambda data: data)
+        _encode(1.5)
+    with pytest.raises(TypeError, match="strings only"):
+        _encode(["a", 1])
 
 
 def test_text_with_a_nul_character_is_refused(one_connection_store: Any) -> None:
@@ -104,13 +107,13 @@ def test_a_failing_statement_is_a_store_error_and_the_connection_is_kept(
     store = one_connection_store
     assert store.get_buddy("t-wire", BuddyKey("u", AUDIENCE)) is None
     with pytest.raises(StoreError, match="buddyrules_nothing") as raised:
-        store._call("EXECUTE buddyrules_nothing(%s)", ("x",), "testing")
+        store._call([(b"buddyrules_nothing", ("x",))], "testing")
     assert raised.value.details["sqlstate"] == "26000"  # invalid_sql_statement_name
     with (
         pytest.raises(Exception, match="division by zero"),
         store.unit_of_work("t-wire", BuddyKey("u", AUDIENCE)) as uow,
     ):
-        uow._store._exchange_on(uow._conn, "SELECT 1 / %s", (0,))
+        uow._store._exchange_on(uow._conn, [(b"SELECT 1 / 0", None)])
     pool = store._get_pool()
     assert pool.get_stats().get("connections_num") == 1
     with store.unit_of_work("t-wire", BuddyKey("u", AUDIENCE)) as uow:

@@ -29,15 +29,13 @@ Design, in short (the reasons are next to the code):
   waits for a buddy's lock while holding the quota row.
 * **Round trips**: a unit costs two (a single send three in all, with its lookup: its quota
   is reserved in its unit's opening round trip, see :meth:`_PostgresUnit.reserve_quota`).
-  Its opening sends ``BEGIN``, a call of the
-  ``lock_buddy`` SQL function (lock, then read ``FOR UPDATE``) and, when it can guess it, the
-  read of the receipt the unit will ask for (see :meth:`PostgresStore._next_probed`) as one
-  query; its writes are buffered and sent with the ``COMMIT`` as one query at the end (so a
-  duplicate receipt is reported on commit, which the store contract allows). Both are
-  simple-protocol queries with client-side parameters (the cheapest way to send several
-  statements for the client) of statements prepared once per connection (``_Sql.prepare``:
-  the server neither parses nor plans them per unit), handed to libpq directly rather than
-  through a psycopg cursor (:meth:`PostgresStore._exchange_on`); ledger and outbox rows
+  Its opening sends ``BEGIN``, a call of the ``lock_buddy`` SQL function (lock, then read
+  ``FOR UPDATE``) and, when it can guess it, the read of the receipt the unit will ask for
+  (see :meth:`PostgresStore._next_probed`) together; its writes are buffered and sent with
+  the ``COMMIT`` together at the end (so a duplicate receipt is reported on commit, which
+  the store contract allows). Each is one libpq pipeline of statements prepared once per
+  connection (``_Sql.prepare``: the server neither parses nor plans them per unit), sent
+  without a psycopg cursor (:meth:`PostgresStore._exchange_on`); ledger and outbox rows
   travel as one JSON parameter per table. States are stored as the JSON text written (a
   ``text`` column since schema version 2), so the next read of the buddy finds the parsed
   state in the cache by comparing texts instead of parsing it again.
@@ -74,7 +72,7 @@ import select
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
@@ -284,17 +282,14 @@ class _Sql:
 
     def __init__(self, schema: str) -> None:
         s = f'"{schema}"'
-        self.lock = "SELECT pg_advisory_xact_lock(%s::bigint)"
+        self.migration_lock = "SELECT pg_advisory_xact_lock(%s::bigint)"
         receipt_columns = (
             f"SELECT event_id, fingerprint, user_id, audience, effects FROM {s}.receipts "
         )
-        # A unit sends two queries: its opening and its writes with the COMMIT. Each is one
-        # simple-protocol query (several statements, one round trip) with client-side
-        # parameters: psycopg's binding costs a fraction of its per-statement pipeline
-        # machinery (measured: 53 vs 113 us of client CPU for three statements), which was
-        # most of a unit's client cost. Their statements are prepared on each connection
-        # once (``prepare``; a prepared statement belongs to its session), so the server
-        # neither parses nor plans them per unit.
+        # A unit makes two round trips: its opening and its writes with the COMMIT, each a
+        # libpq pipeline of these statements (see PostgresStore._exchange_on). They are
+        # prepared on each connection once (``prepare``; a prepared statement belongs to its
+        # session), so the server neither parses nor plans them per unit.
         self.prepare = "; ".join(
             (
                 "PREPARE buddyrules_lock (bigint, text, text, text, boolean) AS "
@@ -327,7 +322,7 @@ class _Sql:
                 "payload jsonb, at timestamptz)",
             )
         )
-        # The hot autocommit calls are prepared the same way (see _query).
+        # The hot autocommit calls are prepared the same way (see _call).
         self.prepare += "; " + "; ".join(
             (
                 "PREPARE buddyrules_buddy (text, text, text) AS "
@@ -354,23 +349,18 @@ class _Sql:
                 f"FROM {s}.receipts WHERE tenant = $1 AND event_id = k.event_id OFFSET 0) AS r",
             )
         )
-        self.lookup_buddies = "EXECUTE buddyrules_lookup_buddies(%s, %s, %s)"
-        self.lookup_receipts = "EXECUTE buddyrules_lookup_receipts(%s, %s)"
-        self.get_buddy = "EXECUTE buddyrules_buddy(%s, %s, %s)"
-        self.get_receipt = "EXECUTE buddyrules_receipt(%s, %s)"
-        self.reserve = "EXECUTE buddyrules_reserve(%s, %s, %s, %s, %s)"
-        self.release = "EXECUTE buddyrules_release(%s, %s, %s, %s)"
-        self.begin_lock = "BEGIN; EXECUTE buddyrules_lock(%s, %s, %s, %s, %s)"
-        # A single send's quota, reserved in a transaction of its own just before the unit's
-        # (see _PostgresUnit.reserve_quota): the quota row is locked for that statement only.
-        self.reserve_first = f"BEGIN; {self.reserve}; COMMIT; "
-        # Gives an unused early reservation back, after the unit's COMMIT or ROLLBACK.
-        self.release_after = f"; {self.release}"
-        self.begin_lock_receipt = f"{self.begin_lock}; {self.get_receipt}"
-        self.put_buddy = "EXECUTE buddyrules_put_buddy(%s, %s, %s, %s)"
-        self.put_receipt = "EXECUTE buddyrules_put_receipt(%s, %s, %s, %s, %s, %s)"
-        self.put_ledger = "EXECUTE buddyrules_put_ledger(%s, %s)"
-        self.put_outbox = "EXECUTE buddyrules_put_outbox(%s, %s)"
+        # The names _exchange_on runs them by (see _Step).
+        self.lookup_buddies = b"buddyrules_lookup_buddies"
+        self.lookup_receipts = b"buddyrules_lookup_receipts"
+        self.get_buddy = b"buddyrules_buddy"
+        self.get_receipt = b"buddyrules_receipt"
+        self.reserve = b"buddyrules_reserve"
+        self.release = b"buddyrules_release"
+        self.lock = b"buddyrules_lock"
+        self.put_buddy = b"buddyrules_put_buddy"
+        self.put_receipt = b"buddyrules_put_receipt"
+        self.put_ledger = b"buddyrules_put_ledger"
+        self.put_outbox = b"buddyrules_put_outbox"
         self.quota_used = f"SELECT used FROM {s}.quota WHERE tenant = %s AND month = %s"
         self.buddies_page = (
             f"SELECT user_id, audience, state FROM {s}.buddies WHERE tenant = %s "
@@ -470,9 +460,9 @@ def _int_or_none(result: PGresult) -> int | None:
 
 
 class _ServerError(Exception):
-    """A statement sent by :meth:`PostgresStore._exchange_on` failed on the server."""
+    """A step of :meth:`PostgresStore._exchange_on` failed on the server."""
 
-    def __init__(self, result: PGresult, fields: Any) -> None:
+    def __init__(self, result: PGresult, fields: Any, step: int, results: list[PGresult]) -> None:
         def field(code: Any) -> str | None:
             value = result.error_field(code)
             return value.decode("utf-8", "replace") if value is not None else None
@@ -481,42 +471,30 @@ class _ServerError(Exception):
         super().__init__(message.removeprefix("ERROR:").strip())
         self.sqlstate = field(fields.SQLSTATE)
         self.table_name = field(fields.TABLE_NAME)
+        self.step = step  # the index of the failing step
+        self.results = results  # every step's
 
     def is_duplicate_in(self, table: str) -> bool:
         """A unique violation on ``table``."""
         return self.sqlstate == "23505" and self.table_name == table
 
 
-_SPLIT: dict[str, tuple[bytes, ...]] = {}
+#: One step of :meth:`PostgresStore._exchange_on`: a prepared statement's name and its
+#: parameters, or a parameterless statement's text and None.
+_Step = tuple[bytes, Sequence[Any] | None]
+_BEGIN: Final[_Step] = (b"BEGIN", None)
+_COMMIT: Final[_Step] = (b"COMMIT", None)
+_ROLLBACK: Final[_Step] = (b"ROLLBACK", None)
+_PIPELINE_SYNC: Final = 10  # libpq's PGRES_PIPELINE_SYNC
 
 
-def _render(sql: str, params: Sequence[Any], escape: Callable[[bytes], bytes]) -> bytes:
-    """``sql`` with each ``%s`` replaced by the next parameter as an SQL literal.
+def _encode(value: Any) -> bytes | None:
+    """A parameter in PostgreSQL's text format (the prepared statement gives its type).
 
-    For the store's own queries only (no ``%`` but placeholders). Strings are escaped with
-    libpq's ``PQescapeStringConn`` for the connection (which knows its encoding and
-    ``standard_conforming_strings``) and quoted; a string holding a NUL character is
-    refused (PostgreSQL text cannot hold one, and libpq would cut the string at it).
-    Integers, booleans, None and lists of strings (as ``ARRAY[...]``) are the other kinds
-    the statements take; the prepared statements' parameter types give the literals their
-    types.
+    Strings, integers, booleans, None and lists of strings (``text[]``) are the kinds the
+    statements take. A string holding a NUL character is refused: PostgreSQL text cannot
+    hold one, and libpq would silently cut a text-format parameter at it.
     """
-    parts = _SPLIT.get(sql)
-    if parts is None:
-        parts = tuple(part.encode() for part in sql.split("%s"))
-        if len(_SPLIT) >= 512:
-            _SPLIT.clear()
-        _SPLIT[sql] = parts
-    if len(parts) != len(params) + 1:
-        raise ValueError(f"{len(parts) - 1} placeholders, {len(params)} parameters")
-    out = [parts[0]]
-    for value, part in zip(params, parts[1:], strict=True):
-        out.append(_literal(value, escape))
-        out.append(part)
-    return b"".join(out)
-
-
-def _literal(value: Any, escape: Callable[[bytes], bytes]) -> bytes:
     kind = type(value)
     if kind is str:
         data: bytes = value.encode()
@@ -524,28 +502,33 @@ def _literal(value: Any, escape: Callable[[bytes], bytes]) -> bytes:
             raise StoreError(
                 "PostgreSQL text cannot contain NUL (0x00) characters", {"value": value}
             )
-        return b"'" + escape(data) + b"'"
+        return data
     if value is None:
-        return b"NULL"
+        return None
     if kind is bool:
-        return b"true" if value else b"false"
+        return b"t" if value else b"f"
     if kind is int:
-        # A negative number in parentheses: read as one constant (-2**63 fits a bigint) and
-        # never glued to a preceding "-" as a comment.
-        return b"%d" % value if value >= 0 else b"(%d)" % value
+        return b"%d" % value
     if kind is list or kind is tuple:
-        if not value:
-            return b"'{}'"
-        return b"ARRAY[" + b",".join(_literal(item, escape) for item in value) + b"]"
+        # An array literal with every element quoted ("NULL" stays a string).
+        items = []
+        for item in value:
+            if type(item) is not str:
+                raise TypeError("an array parameter holds strings only")
+            text = _encode(item)
+            assert text is not None
+            items.append(b'"' + text.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"')
+        return b"{" + b",".join(items) + b"}"
     raise TypeError(f"cannot send a {kind.__name__} as a parameter")
 
 
-def _results(pgconn: Any) -> list[PGresult]:
-    """Flush the query sent on ``pgconn`` and read its results (waiting without the GIL).
+def _pipeline_results(pgconn: Any) -> list[PGresult]:
+    """Flush the pipeline sent on ``pgconn`` and read its results up to the ``Sync``.
 
-    The connection is in libpq's non-blocking mode (psycopg sets it): flush until the
-    query is out, then read until libpq has no more results. Raises psycopg's error if the
-    connection fails.
+    One result per step (a step skipped after a failure gives a ``PIPELINE_ABORTED`` one).
+    The connection is in libpq's non-blocking mode (psycopg sets it): flush until all is
+    out (reading meanwhile, so neither side can block on a full buffer), then read, waiting
+    without the GIL. Raises psycopg's error if the connection fails.
     """
     fd = pgconn.socket
     while pgconn.flush():
@@ -558,6 +541,8 @@ def _results(pgconn: Any) -> list[PGresult]:
             pgconn.consume_input()
         result = pgconn.get_result()
         if result is None:
+            continue  # the end of one step's results
+        if result.status == _PIPELINE_SYNC:
             return results
         results.append(result)
 
@@ -618,6 +603,12 @@ class PostgresStore:
         durable_quota: bool = False,
     ) -> None:
         psycopg_module, pool_module = _import_driver()
+        if psycopg_module.pq.version() < 140000:
+            raise StoreError(
+                "PostgresStore needs libpq 14 or later (for its pipeline mode); psycopg uses "
+                f"libpq {psycopg_module.pq.version()}: install psycopg[binary], which ships one",
+                {"libpq": psycopg_module.pq.version()},
+            )
         if not _IDENT.fullmatch(schema):
             raise ValueError(
                 f"schema must be an identifier of letters, digits and _ (<= 63), not {schema!r}"
@@ -643,11 +634,8 @@ class PostgresStore:
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pool_pid = 0
         self._pq: Any = psycopg_module.pq
-        # Connections on which _Sql.prepare has run (a closed one drops out by itself), with
-        # libpq's string escaping for that connection (see _exchange_on).
-        self._prepared: weakref.WeakKeyDictionary[
-            psycopg.Connection[Any], Callable[[bytes], bytes]
-        ] = weakref.WeakKeyDictionary()
+        # Connections on which _Sql.prepare has run (a closed one drops out by itself).
+        self._prepared: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
         self._error: tuple[type[Exception], ...] = (psycopg_module.Error, _ServerError)
         self._pool_timeout: type[Exception] = pool_module.PoolTimeout
         self._missing_relation: tuple[type[Exception], ...] = (
@@ -763,20 +751,19 @@ class PostgresStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _call(
-        self, sql: str, params: Sequence[Any], doing: str, *, read_only: bool = True
+        self, steps: Sequence[_Step], doing: str, *, read_only: bool = True
     ) -> list[PGresult]:
-        """A query of prepared statements on a pooled connection: one result per statement.
+        """Prepared statements in one round trip on a pooled connection: their results.
 
-        Sent as one simple query with client-side parameters (see :meth:`_exchange_on`);
-        retried once on a fresh connection, as :meth:`_query` does, if it only reads and its
-        pooled connection had died.
+        See :meth:`_exchange_on`; retried once on a fresh connection, as :meth:`_query`
+        does, if it only reads and its pooled connection had died.
         """
         if not self._ready:
             self._check_schema()
         for attempt in (1, 2):
             conn = self._getconn()
             try:
-                return self._exchange_on(conn, sql, params)
+                return self._exchange_on(conn, steps)
             except self._error as exc:
                 if read_only and attempt == 1 and conn.broken:
                     continue
@@ -785,39 +772,49 @@ class PostgresStore:
                 self._putconn(conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _exchange_on(
-        self, conn: psycopg.Connection[Any], sql: str, params: Sequence[Any]
-    ) -> list[PGresult]:
-        """Send ``sql`` (``%s`` placeholders) with ``params`` on ``conn``; one round trip.
+    def _exchange_on(self, conn: psycopg.Connection[Any], steps: Sequence[_Step]) -> list[PGresult]:
+        """Run ``steps`` on ``conn`` as one libpq pipeline (one round trip); their results.
 
-        The store's hot queries (lookups, units, quota) go to libpq directly: the parameters
-        are written into the query as literals (libpq's ``PQescapeStringConn`` for strings,
-        see :func:`_render`), the query is sent with ``PQsendQuery`` and the results are
-        collected as raw libpq results, decoded by the caller. This is what psycopg's
-        client-side cursor does, without its per-query machinery (cursor, adapters, query
-        parsing, row makers): measured 20 instead of 55 us of client CPU for a round trip.
-        Prepares the connection's statements first if needed. Raises :class:`_ServerError`
-        for a failing statement (after the whole query's results are read: the connection
-        is then ready for the next query) and psycopg's errors for a lost connection.
+        The store's hot calls (lookups, units, quota) go to libpq directly, not through a
+        psycopg cursor: each step is a ``Bind``/``Execute`` of a statement prepared on the
+        connection (:meth:`_prepare`) with its parameters as text (see :func:`_encode`), or
+        a parameterless statement (``BEGIN``, ``COMMIT``, ``ROLLBACK``), then one ``Sync``;
+        the results are libpq's, decoded by the caller. Compared with one simple query of
+        ``EXECUTE``s with the parameters written in as literals (psycopg's client-side
+        cursor), the server neither lexes the values nor evaluates them as expressions and
+        the client builds no cursor: see docs/DECISIONS.md for the figures.
+
+        Steps run in order as in a simple query (a failing one skips the rest up to the
+        ``Sync``, and leaves an explicit transaction aborted); a failure raises
+        :class:`_ServerError`, which says which step failed, after the whole pipeline is read
+        (the connection is then ready for the next call). A lost connection raises psycopg's
+        error (``conn.broken``); any other failure on the way closes the connection, which
+        could be left inside a pipeline.
         """
-        escape = self._prepared.get(conn)
-        if escape is None:
-            escape = self._prepare(conn)
-        query = _render(sql, params, escape)
+        if conn not in self._prepared:
+            self._prepare(conn)
+        encoded = [
+            (name, None if params is None else [_encode(value) for value in params])
+            for name, params in steps
+        ]
         pgconn = conn.pgconn
         try:
-            pgconn.send_query(query)
-            results = _results(pgconn)
-        except self._psycopg.Error:
-            raise  # the connection is broken (see conn.broken); the pool replaces it
+            pgconn.enter_pipeline_mode()
+            for name, values in encoded:
+                if values is None:
+                    pgconn.send_query_params(name, None)
+                else:
+                    pgconn.send_query_prepared(name, values)
+            pgconn.pipeline_sync()
+            results = _pipeline_results(pgconn)
+            pgconn.exit_pipeline_mode()
         except BaseException:
-            # Interrupted while waiting (KeyboardInterrupt): the query may still run; the
-            # connection cannot be reused in that state.
-            conn.close()
+            if not conn.broken:
+                conn.close()  # maybe still inside the pipeline: not reusable
             raise
-        for result in results:
+        for i, result in enumerate(results):
             if result.status == _FATAL_ERROR:
-                raise _ServerError(result, self._pq.DiagnosticField)
+                raise _ServerError(result, self._pq.DiagnosticField, i, results)
         return results
 
     def _execute(self, sql: str, params: Sequence[Any], doing: str) -> int:
@@ -901,7 +898,9 @@ class PostgresStore:
         applied: list[int] = []
         try:
             with conn.transaction():
-                conn.execute(self._sql.lock, (_lock_id("buddyrules.migrate", self._schema),))
+                conn.execute(
+                    self._sql.migration_lock, (_lock_id("buddyrules.migrate", self._schema),)
+                )
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
                 conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {s}.schema_version ("
@@ -954,21 +953,19 @@ class PostgresStore:
             return nullcontext()
         return _PostgresGroup(self)
 
-    def _prepare(self, conn: psycopg.Connection[Any]) -> Callable[[bytes], bytes]:
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
         """Prepare the statements of units on ``conn`` (once per connection).
 
-        Returns libpq's string escaping for the connection. Raises the driver's error; a
-        connection where it failed is closed (some statements may be prepared already, and
-        a prepared name cannot be prepared again), so the pool replaces it.
+        Raises the driver's error; a connection where it failed is closed (some statements
+        may be prepared already, and a prepared name cannot be prepared again), so the pool
+        replaces it.
         """
         try:
             conn.execute(self._sql.prepare)
         except BaseException:
             conn.close()
             raise
-        escape: Callable[[bytes], bytes] = self._pq.Escaping(conn.pgconn).escape_string
-        self._prepared[conn] = escape
-        return escape
+        self._prepared.add(conn)
 
     def _in_group(self) -> bool:
         return getattr(self._local, "depth", 0) > 0
@@ -988,7 +985,7 @@ class PostgresStore:
     def get_buddy(self, tenant: str, key: BuddyKey) -> BuddyState | None:
         """Read a buddy without locking it."""
         ident = (tenant, key.user_id, key.audience)
-        result = self._call(self._sql.get_buddy, ident, "reading a buddy")[0]
+        result = self._call([(self._sql.get_buddy, ident)], "reading a buddy")[0]
         return self._states.parsed(ident, _text(result, 0, 0)) if result.ntuples else None
 
     def list_buddies(self, tenant: str, user_id: str | None = None) -> Iterator[BuddyState]:
@@ -1018,7 +1015,8 @@ class PostgresStore:
 
     def get_receipt(self, tenant: str, event_id: str) -> Receipt | None:
         """Read a receipt without locking."""
-        result = self._call(self._sql.get_receipt, (tenant, event_id), "reading a receipt")[0]
+        step = (self._sql.get_receipt, (tenant, event_id))
+        result = self._call([step], "reading a receipt")[0]
         if result.ntuples:
             return _receipt_at(result, 0)
         self._probed().append((tenant, event_id))
@@ -1045,25 +1043,18 @@ class PostgresStore:
         if not wanted_keys and not wanted_ids:
             return buddies, receipts
         sql = self._sql
-        statements: list[str] = []
-        params: list[Any] = []
+        steps: list[_Step] = []
         if len(wanted_keys) == 1:
-            statements.append(sql.get_buddy)
-            params += (tenant, wanted_keys[0].user_id, wanted_keys[0].audience)
+            steps.append((sql.get_buddy, (tenant, wanted_keys[0].user_id, wanted_keys[0].audience)))
         elif wanted_keys:
-            statements.append(sql.lookup_buddies)
-            params += (
-                tenant,
-                [key.user_id for key in wanted_keys],
-                [key.audience for key in wanted_keys],
-            )
+            user_ids = [key.user_id for key in wanted_keys]
+            audiences = [key.audience for key in wanted_keys]
+            steps.append((sql.lookup_buddies, (tenant, user_ids, audiences)))
         if len(wanted_ids) == 1:
-            statements.append(sql.get_receipt)
-            params += (tenant, wanted_ids[0])
+            steps.append((sql.get_receipt, (tenant, wanted_ids[0])))
         elif wanted_ids:
-            statements.append(sql.lookup_receipts)
-            params += (tenant, wanted_ids)
-        results = self._call("; ".join(statements), params, "reading buddies and receipts")
+            steps.append((sql.lookup_receipts, (tenant, wanted_ids)))
+        results = self._call(steps, "reading buddies and receipts")
         if wanted_keys:
             result = results.pop(0)
             parsed = self._states.parsed
@@ -1157,13 +1148,13 @@ class PostgresStore:
         # Reserved outside a unit: the next unit of this thread has nothing to take early.
         self._local.expect = None
         params = (tenant, month, count, limit, not self._durable_quota)
-        result = self._call(self._sql.reserve, params, "reserving quota", read_only=False)[0]
+        result = self._call([(self._sql.reserve, params)], "reserving quota", read_only=False)[0]
         return _int_or_none(result)
 
     def release_quota(self, tenant: str, month: str, count: int) -> None:
         """Give back reserved quota (never below zero)."""
         params = (tenant, month, count, not self._durable_quota)
-        self._call(self._sql.release, params, "releasing quota", read_only=False)
+        self._call([(self._sql.release, params)], "releasing quota", read_only=False)
 
     def quota_used(self, tenant: str, month: str) -> int:
         """The month's usage."""
@@ -1288,41 +1279,43 @@ class _PostgresUnit:
         if in_group:
             store._local.dirty = True  # flushed once when the group ends
         lock_key = _lock_id(store._schema, tenant, user_id, audience)
-        params: tuple[Any, ...] = (lock_key, tenant, user_id, audience, in_group)
-        query = sql.begin_lock
-        if guess is not None:
-            query = sql.begin_lock_receipt
-            params = (*params, tenant, guess)
+        # One round trip: BEGIN, then the buddy-key lock and the row read FOR UPDATE (the
+        # lock_buddy SQL function), then maybe the receipt this unit is expected to ask for
+        # (see PostgresStore._next_probed). The buddy's lock is the first (and only
+        # waited-for) lock a unit takes; see "No deadlocks" in the module docstring. A
+        # single send's quota comes first, in a transaction of its own (see reserve_quota).
+        steps: list[_Step] = []
         early = None if in_group else store._expected_quota(tenant, key)
         if early is not None:
-            query = sql.reserve_first + query
-            params = (tenant, *early[:1], 1, early[1], not store._durable_quota, *params)
+            reserve = (tenant, early[0], 1, early[1], not store._durable_quota)
+            steps += (_BEGIN, (sql.reserve, reserve), _COMMIT)
+        first = len(steps)
+        steps += (_BEGIN, (sql.lock, (lock_key, tenant, user_id, audience, in_group)))
+        if guess is not None:
+            steps.append((sql.get_receipt, (tenant, guess)))
         for attempt in (1, 2):
             conn = store._getconn()
             try:
-                # One round trip: BEGIN, then the buddy-key lock and the row read FOR UPDATE
-                # (the lock_buddy SQL function), then maybe the receipt this unit is expected
-                # to ask for (see PostgresStore._next_probed). The buddy's lock is the first
-                # (and only waited-for) lock a unit takes; see "No deadlocks" in the module
-                # docstring.
-                results = store._exchange_on(conn, query, params)
+                results = store._exchange_on(conn, steps)
                 if early is not None:
-                    # BEGIN, the reservation, COMMIT, then the unit's BEGIN as usual.
                     self._early = (*early, _int_or_none(results[1]))
-                    del results[:3]
-                locked = results[1]
+                locked = results[first + 1]
                 if guess is not None:
-                    found = results[2]
+                    found = results[first + 2]
                     self._prefetched = (guess, _receipt_at(found, 0) if found.ntuples else None)
                 break
             except store._error as exc:
-                _rollback_quietly(conn)
+                if early is not None and isinstance(exc, _ServerError) and exc.step > first:
+                    # The reservation was committed before the step that failed: give it
+                    # back with the rollback.
+                    self._early = (*early, _int_or_none(exc.results[1]))
+                self._rollback(conn)
                 store._putconn(conn)
                 if attempt == 1 and conn.broken:
                     continue  # a pooled connection died (server restart): nothing was done
                 store._fail(exc, "locking a buddy")
             except BaseException:
-                _rollback_quietly(conn)
+                self._rollback(conn)
                 store._putconn(conn)
                 raise
         self._conn = conn
@@ -1396,10 +1389,10 @@ class _PostgresUnit:
         if conn.closed:
             return  # the reservation stays counted (an over-count, as after a crash)
         try:
-            query = store._sql.release
+            steps: list[_Step] = [(store._sql.release, release)]
             if conn.info.transaction_status != 0:  # not IDLE
-                query = "ROLLBACK; " + query
-            store._exchange_on(conn, query, release)
+                steps.insert(0, _ROLLBACK)
+            store._exchange_on(conn, steps)
         except Exception:
             conn.close()  # as in _rollback_quietly; the reservation stays counted
 
@@ -1411,61 +1404,56 @@ class _PostgresUnit:
         """
         sql = self._store._sql
         tenant = self._tenant
-        statements: list[str] = []
-        params: list[Any] = []
+        steps: list[_Step] = []
         if self._buddy is not None:
-            statements.append(sql.put_buddy)
-            params += (tenant, *_key(self.key), self._buddy[0])
+            steps.append((sql.put_buddy, (tenant, *_key(self.key), self._buddy[0])))
         for r in self._receipts.values():
-            statements.append(sql.put_receipt)
-            params += (tenant, r.event_id, r.fingerprint, r.user_id, r.audience)
-            params.append(_dumps(r.effects))
+            effects = _dumps(r.effects)
+            steps.append(
+                (
+                    sql.put_receipt,
+                    (tenant, r.event_id, r.fingerprint, r.user_id, r.audience, effects),
+                )
+            )
         if self._ledger:
-            statements.append(sql.put_ledger)
-            params.append(tenant)
-            params.append(
-                _dumps(
-                    [
-                        {
-                            "user_id": e.user_id,
-                            "audience": e.audience,
-                            "currency": e.currency,
-                            "amount": e.amount,
-                            "balance_after": e.balance_after,
-                            "reason": e.reason,
-                            "reference": e.reference,
-                            "at": e.at,
-                        }
-                        for e in self._ledger
-                    ]
-                )
+            rows = _dumps(
+                [
+                    {
+                        "user_id": e.user_id,
+                        "audience": e.audience,
+                        "currency": e.currency,
+                        "amount": e.amount,
+                        "balance_after": e.balance_after,
+                        "reason": e.reason,
+                        "reference": e.reference,
+                        "at": e.at,
+                    }
+                    for e in self._ledger
+                ]
             )
+            steps.append((sql.put_ledger, (tenant, rows)))
         if self._outbox:
-            statements.append(sql.put_outbox)
-            params.append(tenant)
-            params.append(
-                _dumps(
-                    [
-                        {
-                            "type": m.type,
-                            "user_id": m.user_id,
-                            "audience": m.audience,
-                            "payload": m.payload,
-                            "at": m.at,
-                        }
-                        for m in self._outbox
-                    ]
-                )
+            rows = _dumps(
+                [
+                    {
+                        "type": m.type,
+                        "user_id": m.user_id,
+                        "audience": m.audience,
+                        "payload": m.payload,
+                        "at": m.at,
+                    }
+                    for m in self._outbox
+                ]
             )
+            steps.append((sql.put_outbox, (tenant, rows)))
         if not self._early_taken:
             # Reserved early and not asked for (a replay found under the lock, or a unit that
             # was not a send's): given back in this transaction, so with the unit's writes.
             release = self._early_params(False)
             if release is not None:
-                statements.append(sql.release)
-                params += release
-        statements.append("COMMIT")
-        self._store._exchange_on(conn, "; ".join(statements), params)
+                steps.append((sql.release, release))
+        steps.append(_COMMIT)
+        self._store._exchange_on(conn, steps)
 
     def _check_open(self) -> None:
         if not self._open:
@@ -1508,7 +1496,8 @@ class _PostgresUnit:
         conn = self._conn
         assert conn is not None
         try:
-            result = store._exchange_on(conn, store._sql.get_receipt, (self._tenant, event_id))[0]
+            step = (store._sql.get_receipt, (self._tenant, event_id))
+            result = store._exchange_on(conn, [step])[0]
         except store._error as exc:
             store._fail(exc, "reading a receipt")
         return _receipt_at(result, 0) if result.ntuples else None
@@ -1545,7 +1534,7 @@ class _PostgresUnit:
         assert conn is not None
         params = (self._tenant, month, count, limit, False)
         try:
-            result = store._exchange_on(conn, store._sql.reserve, params)[0]
+            result = store._exchange_on(conn, [(store._sql.reserve, params)])[0]
         except store._error as exc:
             store._fail(exc, "reserving quota")
         return _int_or_none(result)
