@@ -149,34 +149,42 @@ def test_schema_is_created_once_and_reopening_keeps_data(sqlite_path: Path) -> N
     assert _versions(sqlite_path) == first  # nothing re-applied, same timestamps
 
 
-class _V2Store(SQLiteStore):
+_LATEST = MIGRATIONS[-1].version
+
+
+class _NextStore(SQLiteStore):
+    """A later release: one more migration on top of this one's."""
+
     migrations = (
         *MIGRATIONS,
-        Migration(2, "test: buddies get a note", ("ALTER TABLE buddies ADD COLUMN note TEXT",)),
+        Migration(
+            _LATEST + 1, "test: buddies get a note", ("ALTER TABLE buddies ADD COLUMN note TEXT",)
+        ),
     )
 
 
 def test_an_old_file_is_upgraded_in_place_once(sqlite_path: Path) -> None:
-    with SQLiteStore(sqlite_path) as v1:
-        _put(v1, "alice", 3)
-    assert [v for v, _ in _versions(sqlite_path)] == [1]
-    with _V2Store(sqlite_path) as v2:
-        assert v2.schema_version() == 2
-        buddy = v2.get_buddy(T, BuddyKey("alice", AUDIENCE))
+    latest = [m.version for m in MIGRATIONS]
+    with SQLiteStore(sqlite_path) as current:
+        _put(current, "alice", 3)
+    assert [v for v, _ in _versions(sqlite_path)] == latest
+    with _NextStore(sqlite_path) as upgraded_store:
+        assert upgraded_store.schema_version() == _LATEST + 1
+        buddy = upgraded_store.get_buddy(T, BuddyKey("alice", AUDIENCE))
         assert buddy is not None and buddy.coins == 3
-        _put(v2, "bob", 4)
+        _put(upgraded_store, "bob", 4)
     with sqlite3.connect(sqlite_path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(buddies)")]
     assert "note" in columns
     upgraded = _versions(sqlite_path)
-    assert [v for v, _ in upgraded] == [1, 2]
-    with _V2Store(sqlite_path) as again:
+    assert [v for v, _ in upgraded] == [*latest, _LATEST + 1]
+    with _NextStore(sqlite_path) as again:
         assert len(again.export_states(T)) == 2
     assert _versions(sqlite_path) == upgraded
 
 
 def test_a_file_from_a_newer_release_is_refused(sqlite_path: Path) -> None:
-    with _V2Store(sqlite_path):
+    with _NextStore(sqlite_path):
         pass
     with pytest.raises(StoreError, match="newer"):
         SQLiteStore(sqlite_path)
@@ -335,7 +343,12 @@ def test_a_batch_of_100_events_is_one_commit(
     writes = [i for i, s in enumerate(batch) if s.startswith("INSERT")]
     assert writes == list(range(writes[0], len(batch)))
     inserted = Counter(s.split()[2] for s in batch[writes[0] :])
-    assert inserted == {"buddies": 7, "ledger": 100, "outbox": 107, "receipts": 100}
+    # One ledger and one outbox row per event: an event's messages (the 7 hatch messages
+    # too) share a row.
+    assert inserted == {"buddies": 7, "ledger": 100, "outbox": 100, "receipts": 100}
+    pending = store.outbox_pending("default", limit=1000)
+    assert len(pending) == 107
+    assert [m.id for m in pending] == list(range(1, 108))
     # No read per event: the batch's lookup (before the transaction) read every buddy and
     # receipt, and one look at the data version under the lock shows that nobody else has
     # committed since, so the units answer from what it read.
