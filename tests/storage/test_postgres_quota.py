@@ -3,7 +3,7 @@
 A unit opened right after a single send's lookup reserves the event's quota in its opening
 round trip, in a transaction of its own just before the unit's, and gives it back when the
 unit rolls back or commits without it being asked for. The first send (no month known yet)
-reserves inside the unit's transaction.
+reserves the same way in a round trip of its own, then opens its transaction again.
 
 Needs ``BUDDYRULES_TEST_POSTGRES_DSN`` (see conftest.py: skipped without it, failed under CI).
 """
@@ -21,6 +21,7 @@ import pytest
 from buddyrules import EventQuotaExceeded, load_rulebook
 from buddyrules.errors import StoreError
 from buddyrules.service import Engine
+from buddyrules.state import BuddyState
 from buddyrules.storage import BuddyKey, Receipt
 
 from .test_postgres_store import count_round_trips
@@ -101,8 +102,11 @@ def test_events_without_ids_are_counted_too(pg_store: Any) -> None:
 
 def test_a_single_send_takes_three_round_trips(pg_store: Any) -> None:
     engine = _engine(pg_store, quota=100)
-    engine.send(_lesson("first"))  # the first send reserves inside its unit
     sent = count_round_trips(pg_store)
+    engine.send(_lesson("first"))  # the first send reserves in a round trip of its own
+    assert sent[2] == "ROLLBACK BEGIN buddyrules_reserve COMMIT BEGIN buddyrules_lock"
+    assert len(sent) == 4
+    sent.clear()
     engine.send(_lesson("second"))
     assert len(sent) == 3  # the lookup, the opening (with the quota), the commit
     assert sent[1] == "BEGIN buddyrules_reserve COMMIT BEGIN buddyrules_lock buddyrules_receipt"
@@ -138,7 +142,7 @@ class _Broken:
         raise StoreError("disk on fire")
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["reserved-in-unit", "reserved-early"])
+@pytest.mark.parametrize("warm", [False, True], ids=["reserved-on-reopening", "reserved-early"])
 def test_a_failing_apply_leaves_no_quota_behind(pg_store: Any, warm: bool) -> None:
     engine = _engine(pg_store, quota=5)
     engine.hatch("alice")
@@ -198,7 +202,7 @@ def test_other_units_give_an_early_reservation_back(pg_store: Any) -> None:
     # quota (here a plain unit, as an admin call would open) reserves and gives it back.
     pg_store.lookup(tenant, [key], ["unused"])
     with pg_store.unit_of_work(tenant, key) as uow:
-        assert uow._early is not None and uow._early[2] == 2
+        assert uow._early == (MONTH, 5, 1, 2)
         assert pg_store.quota_used(tenant, MONTH) == 2  # reserved, not yet given back
     assert pg_store.quota_used(tenant, MONTH) == 1
     # The same when that unit fails.
@@ -236,13 +240,13 @@ def test_a_full_quota_found_early_is_reported_and_nothing_is_kept(pg_store: Any)
     assert pg_store.get_receipt(engine.tenant, "e2") is None
 
 
-def test_a_new_month_is_reserved_in_the_unit_and_the_old_guess_given_back(pg_store: Any) -> None:
+def test_a_new_month_is_reserved_and_the_old_guess_given_back(pg_store: Any) -> None:
     clock = _Clock()
     engine = _engine(pg_store, quota=None, clock=clock)
     engine.send(_lesson("may-1"))
     engine.send(_lesson("may-2"))
     clock.now = datetime(2024, 6, 1, 0, 0, tzinfo=UTC)
-    engine.send(_lesson("june-1"))  # guessed May: given back, June reserved in the unit
+    engine.send(_lesson("june-1"))  # guessed May: given back, June reserved on reopening
     engine.send(_lesson("june-2"))  # guessed June
     assert engine.quota_used(MONTH) == 2
     assert engine.quota_used("2024-06") == 2
@@ -251,16 +255,79 @@ def test_a_new_month_is_reserved_in_the_unit_and_the_old_guess_given_back(pg_sto
 def test_a_unit_can_reserve_more_in_its_own_transaction(pg_store: Any) -> None:
     tenant, key = "t-unit-reserve-" + secrets.token_hex(4), BuddyKey("alice", "student")
     with pg_store.unit_of_work(tenant, key) as uow:
-        assert uow.reserve_quota(MONTH, 2, None) == 2
-        assert uow.reserve_quota(MONTH, 1, 3) == 3
+        assert uow.reserve_quota(MONTH, 2, None) == 2  # on reopening
+        assert uow.reserve_quota(MONTH, 1, 3) == 3  # inside the transaction
         assert uow.reserve_quota(MONTH, 1, 3) is None  # the limit holds in a unit
     assert pg_store.quota_used(tenant, MONTH) == 3
     with pytest.raises(RuntimeError), pg_store.unit_of_work(tenant, key) as uow:
-        uow.reserve_quota(MONTH, 4, None)
+        assert uow.reserve_quota(MONTH, 4, None) == 7
+        assert uow.reserve_quota(MONTH, 1, None) == 8
         raise RuntimeError("boom")
-    assert pg_store.quota_used(tenant, MONTH) == 3  # rolled back with the unit
+    assert pg_store.quota_used(tenant, MONTH) == 3  # both given back / rolled back
     with pytest.raises(ValueError), pg_store.unit_of_work(tenant, key) as uow:
         uow.reserve_quota(MONTH, -1, None)
+
+
+def test_a_unit_that_used_its_transaction_reserves_inside_it(
+    pg_store: Any, postgres_dsn: str, postgres_schema: str
+) -> None:
+    import psycopg
+
+    tenant, key = "t-unit-inside-" + secrets.token_hex(4), BuddyKey("alice", "student")
+    with pg_store.unit_of_work(tenant, key) as uow:
+        uow.get_buddy()  # the state read under this transaction's lock is in use
+        sent = count_round_trips(pg_store)
+        assert uow.reserve_quota(MONTH, 1, None) == 1
+        assert sent == ["buddyrules_reserve"]
+        with psycopg.connect(postgres_dsn, autocommit=True) as other:
+            row = other.execute(
+                f'SELECT used FROM "{postgres_schema}".quota WHERE tenant = %s', (tenant,)
+            ).fetchone()
+        assert row is None  # not committed yet: it commits with the unit
+    del pg_store._exchange_on
+    assert pg_store.quota_used(tenant, MONTH) == 1
+
+
+def test_reopening_reads_the_buddy_again(
+    pg_store: Any, postgres_dsn: str, postgres_schema: str
+) -> None:
+    from buddyrules.storage.postgres import PostgresStore
+
+    tenant, key = "t-reopen-" + secrets.token_hex(4), BuddyKey("alice", "student")
+    with pg_store.unit_of_work(tenant, key) as uow:
+        uow.put_buddy(BuddyState(user_id="alice", audience="student", rulebook_version="v1"))
+    other = PostgresStore(postgres_dsn, schema=postgres_schema)
+    sent: list[str] = []
+    exchange = pg_store._exchange_on
+
+    def racing(conn: Any, steps: Any) -> Any:
+        # Another process writes the buddy between the rollback and the new lock (the
+        # round trip is split in two here to make room for it).
+        sent.append(" ".join(name.decode() for name, _ in steps))
+        if steps[0][0] != b"ROLLBACK":
+            return exchange(conn, steps)
+        first = exchange(conn, steps[:1])
+        with other.unit_of_work(tenant, key) as theirs:
+            state = theirs.get_buddy()
+            assert state is not None
+            theirs.put_buddy(state.model_copy(update={"coins": 9}))
+        return first + exchange(conn, steps[1:])
+
+    try:
+        with pg_store.unit_of_work(tenant, key) as uow:
+            assert uow._stored is not None and uow._stored.coins == 0
+            pg_store._exchange_on = racing
+            assert uow.reserve_quota(MONTH, 1, None) == 1
+            assert sent == ["ROLLBACK BEGIN buddyrules_reserve COMMIT BEGIN buddyrules_lock"]
+            state = uow.get_buddy()
+            assert state is not None and state.coins == 9  # read again under the new lock
+            uow.put_buddy(state.model_copy(update={"coins": 10}))
+    finally:
+        del pg_store._exchange_on
+        other.close()
+    buddy = pg_store.get_buddy(tenant, key)
+    assert buddy is not None and buddy.coins == 10
+    assert pg_store.quota_used(tenant, MONTH) == 1
 
 
 def test_concurrent_sends_never_exceed_the_quota(postgres_dsn: str, postgres_schema: str) -> None:

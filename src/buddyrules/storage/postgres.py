@@ -1236,10 +1236,12 @@ class _PostgresUnit:
         "_early",
         "_early_taken",
         "_ledger",
+        "_lock_step",
         "_open",
         "_outbox",
         "_prefetched",
         "_receipts",
+        "_shown",
         "_store",
         "_stored",
         "_tenant",
@@ -1253,15 +1255,17 @@ class _PostgresUnit:
         self._conn: psycopg.Connection[Any] | None = None
         self._open = False
         self._stored: BuddyState | None = None  # as read under the lock
+        self._shown = False  # whether get_buddy has returned _stored
+        self._lock_step: _Step | None = None  # how the opening locked and read the buddy
         self._buddy: tuple[str, BuddyState] | None = None  # written by this unit
         self._receipts: dict[str, Receipt] = {}
         self._ledger: list[LedgerRecord] = []
         self._outbox: list[OutboxMessage] = []
         # (event id, its receipt or None) as read under the lock in the opening round trip
         self._prefetched: tuple[str, Receipt | None] | None = None
-        # (month, limit, usage or None) of the quota reserved early, before the unit's
-        # transaction (see reserve_quota), and whether reserve_quota has taken it
-        self._early: tuple[str, int | None, int | None] | None = None
+        # (month, limit, count, usage or None) of the quota reserved in a transaction of its
+        # own, before the unit's (see reserve_quota), and whether reserve_quota has taken it
+        self._early: tuple[str, int | None, int, int | None] | None = None
         self._early_taken = False
 
     def __enter__(self) -> _PostgresUnit:
@@ -1290,7 +1294,8 @@ class _PostgresUnit:
             reserve = (tenant, early[0], 1, early[1], not store._durable_quota)
             steps += (_BEGIN, (sql.reserve, reserve), _COMMIT)
         first = len(steps)
-        steps += (_BEGIN, (sql.lock, (lock_key, tenant, user_id, audience, in_group)))
+        self._lock_step = (sql.lock, (lock_key, tenant, user_id, audience, in_group))
+        steps += (_BEGIN, self._lock_step)
         if guess is not None:
             steps.append((sql.get_receipt, (tenant, guess)))
         for attempt in (1, 2):
@@ -1298,7 +1303,7 @@ class _PostgresUnit:
             try:
                 results = store._exchange_on(conn, steps)
                 if early is not None:
-                    self._early = (*early, _int_or_none(results[1]))
+                    self._early = (*early, 1, _int_or_none(results[1]))
                 locked = results[first + 1]
                 if guess is not None:
                     found = results[first + 2]
@@ -1308,7 +1313,7 @@ class _PostgresUnit:
                 if early is not None and isinstance(exc, _ServerError) and exc.step > first:
                     # The reservation was committed before the step that failed: give it
                     # back with the rollback.
-                    self._early = (*early, _int_or_none(exc.results[1]))
+                    self._early = (*early, 1, _int_or_none(exc.results[1]))
                 self._rollback(conn)
                 store._putconn(conn)
                 if attempt == 1 and conn.broken:
@@ -1319,14 +1324,18 @@ class _PostgresUnit:
                 store._putconn(conn)
                 raise
         self._conn = conn
+        self._read_locked(locked)
+        self._open = True
+        return self
+
+    def _read_locked(self, locked: PGresult) -> None:
+        """Keep the buddy's state as the lock_buddy step read it."""
         text = locked.get_value(0, 0)  # lock_buddy returns NULL for a buddy not hatched yet
         self._stored = (
-            store._states.parsed((tenant, user_id, audience), text.decode())
+            self._store._states.parsed((self._tenant, *_key(self.key)), text.decode())
             if text is not None
             else None
         )
-        self._open = True
-        return self
 
     def __exit__(
         self,
@@ -1370,9 +1379,9 @@ class _PostgresUnit:
     def _early_params(self, no_flush_wait: bool) -> tuple[Any, ...] | None:
         """The release_quota parameters that give the early reservation back, if one was made."""
         early = self._early
-        if early is None or early[2] is None:
+        if early is None or early[3] is None:
             return None
-        return (self._tenant, early[0], 1, no_flush_wait)
+        return (self._tenant, early[0], early[2], no_flush_wait)
 
     def _rollback(self, conn: psycopg.Connection[Any]) -> None:
         """Roll the transaction back and give back the early reservation (one round trip).
@@ -1466,6 +1475,7 @@ class _PostgresUnit:
         self._check_open()
         if self._buddy is not None:
             return self._buddy[1]
+        self._shown = True
         return self._stored
 
     def put_buddy(self, state: BuddyState) -> None:
@@ -1512,8 +1522,10 @@ class _PostgresUnit:
         COMMIT; BEGIN; lock ...``), so the tenant's quota row stays locked for one statement,
         as when the Engine reserved outside the unit, and no round trip is spent on it. That
         reservation is given back by the unit if it rolls back, or commits without it being
-        taken here. Otherwise (the first send, a new month) the quota is reserved now, inside
-        the unit's transaction, and holds the quota row until the unit ends.
+        taken here. Otherwise (the first send, a new month) the unit reserves the same way
+        in one round trip of its own (see :meth:`_reserve_and_reopen`), and only a unit that
+        has already used its transaction (returned the state, buffered a write, or taken a
+        reservation) reserves inside it, holding the quota row until it ends.
         """
         self._check_open()
         if count < 0:
@@ -1521,23 +1533,62 @@ class _PostgresUnit:
         store = self._store
         store._remember_unit_quota(self._tenant, month, limit)
         early = self._early
-        if (
-            early is not None
-            and not self._early_taken
-            and count == 1
-            and early[0] == month
-            and early[1] == limit
-        ):
+        if early is not None and not self._early_taken and early[:3] == (month, limit, count):
             self._early_taken = True
-            return early[2]
+            return early[3]
         conn = self._conn
         assert conn is not None
+        untouched = not (
+            self._shown or self._buddy or self._receipts or self._ledger or self._outbox
+        )
+        if untouched and not self._early_taken:
+            return self._reserve_and_reopen(conn, month, count, limit)
+        # Something of this transaction is in use (or it holds a reservation already):
+        # reserve inside it.
         params = (self._tenant, month, count, limit, False)
         try:
             result = store._exchange_on(conn, [(store._sql.reserve, params)])[0]
         except store._error as exc:
             store._fail(exc, "reserving quota")
         return _int_or_none(result)
+
+    def _reserve_and_reopen(
+        self, conn: psycopg.Connection[Any], month: str, count: int, limit: int | None
+    ) -> int | None:
+        """Reserve in a transaction of its own, then open the unit's transaction again.
+
+        For a unit that was not expected to reserve (or guessed another month or limit) and
+        has used nothing of its transaction yet (no state returned, nothing written): one
+        round trip rolls it back, reserves (giving back an early reservation that was not
+        the one wanted) and commits, then takes the buddy's lock and reads it again, as the
+        opening did. The quota row is held for one statement, not for the whole unit. The
+        receipts this unit already answered may have changed meanwhile: a receipt recorded
+        by now makes the commit fail with a conflict, which the Engine answers as a replay.
+        """
+        store = self._store
+        sql = store._sql
+        no_flush_wait = not store._durable_quota
+        steps: list[_Step] = [_ROLLBACK, _BEGIN]
+        release = self._early_params(no_flush_wait)
+        if release is not None:
+            steps.append((sql.release, release))
+        reserved_at = len(steps)
+        steps += ((sql.reserve, (self._tenant, month, count, limit, no_flush_wait)), _COMMIT)
+        assert self._lock_step is not None
+        steps += (_BEGIN, self._lock_step)
+        try:
+            results = store._exchange_on(conn, steps)
+        except store._error as exc:
+            if isinstance(exc, _ServerError) and exc.step > reserved_at + 1:
+                # Committed: the unit's rollback gives it back.
+                used = _int_or_none(exc.results[reserved_at])
+                self._early, self._early_taken = (month, limit, count, used), True
+            store._fail(exc, "reserving quota")
+        used = _int_or_none(results[reserved_at])
+        self._early, self._early_taken = (month, limit, count, used), True
+        self._prefetched = None
+        self._read_locked(results[-1])
+        return used
 
     def put_receipt(self, receipt: Receipt) -> None:
         """Record a receipt (sent on commit, where a duplicate raises ConflictError)."""
