@@ -207,11 +207,11 @@ def test_lookup_retries_while_the_database_is_busy(
     store = make_sqlite_store()
     _fill(store)
     conn = store._connection()
-    real = conn.db
+    real = conn.cur
     failures = [2]
 
     class Busy:
-        """The connection, answering "database is locked" to the first two statements."""
+        """The cursor, answering "database is locked" to the first two statements."""
 
         def execute(self, sql: str, params: Any = ()) -> Any:
             if failures[0]:
@@ -222,7 +222,7 @@ def test_lookup_retries_while_the_database_is_busy(
         def __getattr__(self, name: str) -> Any:
             return getattr(real, name)
 
-    monkeypatch.setattr(conn, "db", Busy())
+    monkeypatch.setattr(conn, "cur", Busy())
     buddies, receipts = store.lookup(T, [_key("u0"), _key("u1")], ["e-u0", "x"])
     assert failures == [0]
     monkeypatch.undo()
