@@ -390,3 +390,30 @@ def test_an_opening_that_fails_after_the_early_reservation_gives_it_back(
     finally:
         other.close()
         store.close()
+
+
+def test_a_unit_told_its_event_reads_and_reserves_in_its_opening(pg_store: Any) -> None:
+    # PostgresStore.unit_for_event: for an Engine that reads a send's buddy and receipt in
+    # the unit rather than looking them up first (two round trips per send).
+    tenant, key = "t-told-" + secrets.token_hex(4), BuddyKey("alice", "student")
+    receipt = Receipt("e1", "fp", "alice", "student", {"coins": 3})
+    sent = count_round_trips(pg_store)
+    try:
+        with pg_store.unit_for_event(tenant, key, "e1", (MONTH, 5)) as uow:
+            assert uow.get_buddy() is None
+            assert uow.get_receipt("e1") is None
+            assert uow.reserve_quota(MONTH, 1, 5) == 1
+            uow.put_buddy(BuddyState(user_id="alice", audience="student", rulebook_version="v"))
+            uow.put_receipt(receipt)
+        assert len(sent) == 2
+        # A replay: the reservation the unit was not asked for is given back.
+        with pg_store.unit_for_event(tenant, key, "e1", (MONTH, 5)) as uow:
+            assert uow.get_receipt("e1") == receipt
+        assert pg_store.quota_used(tenant, MONTH) == 1
+        # Without quota or id it is a plain unit.
+        sent.clear()
+        with pg_store.unit_for_event(tenant, key, None, None) as uow:
+            assert uow._early is None and uow._prefetched is None
+        assert sent == ["BEGIN buddyrules_lock", "COMMIT"]
+    finally:
+        del pg_store._exchange_on

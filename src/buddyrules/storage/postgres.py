@@ -942,6 +942,28 @@ class PostgresStore:
         """
         return _PostgresUnit(self, tenant, key)
 
+    def unit_for_event(
+        self,
+        tenant: str,
+        key: BuddyKey,
+        event_id: str | None,
+        quota: tuple[str, int | None] | None,
+    ) -> AbstractContextManager[_PostgresUnit]:
+        """:meth:`unit_of_work` for one event, told what the unit will be asked (optional).
+
+        For an Engine that reads a single send's buddy and receipt inside the unit instead
+        of looking them up first: the unit's opening round trip also reads the receipt of
+        ``event_id`` (under the buddy's lock) and, with ``quota`` (month, limit), reserves
+        one event of quota first in a transaction of its own, exactly as a unit opened after
+        a :meth:`lookup` does by guessing (see :meth:`_PostgresUnit.reserve_quota`). A send
+        is then two round trips. Nothing else differs from :meth:`unit_of_work`: a
+        reservation the unit is not asked for is given back, whatever the unit reads that it
+        was not told about is read when asked.
+        """
+        unit = _PostgresUnit(self, tenant, key)
+        unit._told = (event_id, quota)
+        return unit
+
     def group(self, tenant: str) -> AbstractContextManager[None]:
         """Units stay separate transactions; their commits are flushed once, on leaving.
 
@@ -1245,6 +1267,7 @@ class _PostgresUnit:
         "_store",
         "_stored",
         "_tenant",
+        "_told",
         "key",
     )
 
@@ -1267,6 +1290,8 @@ class _PostgresUnit:
         # own, before the unit's (see reserve_quota), and whether reserve_quota has taken it
         self._early: tuple[str, int | None, int, int | None] | None = None
         self._early_taken = False
+        # (event id, (month, limit) or None) given to PostgresStore.unit_for_event
+        self._told: tuple[str | None, tuple[str, int | None] | None] | None = None
 
     def __enter__(self) -> _PostgresUnit:
         if self._open:
@@ -1278,8 +1303,13 @@ class _PostgresUnit:
         key = self.key
         tenant = self._tenant
         user_id, audience = _key(key)
-        guess = store._next_probed(tenant)
         in_group = store._in_group()
+        told = self._told
+        if told is None:
+            guess = store._next_probed(tenant)
+            early = None if in_group else store._expected_quota(tenant, key)
+        else:
+            guess, early = told
         if in_group:
             store._local.dirty = True  # flushed once when the group ends
         lock_key = _lock_id(store._schema, tenant, user_id, audience)
@@ -1289,7 +1319,6 @@ class _PostgresUnit:
         # waited-for) lock a unit takes; see "No deadlocks" in the module docstring. A
         # single send's quota comes first, in a transaction of its own (see reserve_quota).
         steps: list[_Step] = []
-        early = None if in_group else store._expected_quota(tenant, key)
         if early is not None:
             reserve = (tenant, early[0], 1, early[1], not store._durable_quota)
             steps += (_BEGIN, (sql.reserve, reserve), _COMMIT)
