@@ -1339,7 +1339,7 @@ class _PostgresUnit:
                     self._prefetched = (guess, _receipt_at(found, 0) if found.ntuples else None)
                 break
             except store._error as exc:
-                if early is not None and isinstance(exc, _ServerError) and exc.step > first:
+                if early is not None and isinstance(exc, _ServerError) and exc.step >= first:
                     # The reservation was committed before the step that failed: give it
                     # back with the rollback.
                     self._early = (*early, 1, _int_or_none(exc.results[1]))
