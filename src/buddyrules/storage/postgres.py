@@ -497,11 +497,13 @@ def _encode(value: Any) -> bytes | None:
     """
     kind = type(value)
     if kind is str:
-        data: bytes = value.encode()
-        if b"\x00" in data:
+        # On the str: ``bytes in bytes`` first tries the operand as an integer, and raising
+        # and dropping that TypeError cost more than the rest of the parameter (measured).
+        if "\x00" in value:
             raise StoreError(
                 "PostgreSQL text cannot contain NUL (0x00) characters", {"value": value}
             )
+        data: bytes = value.encode()
         return data
     if value is None:
         return None
