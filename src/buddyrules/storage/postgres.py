@@ -628,7 +628,7 @@ class PostgresStore:
         self._closed = False
         self._group_commit = group_commit
         self._durable_quota = durable_quota
-        self._local = threading.local()  # this thread's group, guesses and expected unit
+        self._local = _ThreadState()  # this thread's group, guesses and expected unit
         # tenant -> (month, limit) of the last reservation a unit was asked for: what the next
         # single send's unit reserves early (see _PostgresUnit.reserve_quota).
         self._unit_quota: dict[str, tuple[str, int | None]] = {}
@@ -992,7 +992,7 @@ class PostgresStore:
         self._prepared.add(conn)
 
     def _in_group(self) -> bool:
-        return getattr(self._local, "depth", 0) > 0
+        return self._local.depth > 0
 
     def _flush_wal(self) -> None:
         """Wait until the WAL holds every commit made so far on this server durably.
@@ -1109,7 +1109,7 @@ class PostgresStore:
 
     def _probed(self) -> deque[tuple[str, str]]:
         """This thread's queue of (tenant, event id) found absent (see :meth:`_next_probed`)."""
-        probed: deque[tuple[str, str]] | None = getattr(self._local, "probed", None)
+        probed = self._local.probed
         if probed is None:
             probed = self._local.probed = deque(maxlen=_PROBED)
         return probed
@@ -1124,7 +1124,7 @@ class PostgresStore:
         the later ask would: a right guess saves that round trip, a wrong one costs an index
         probe (the ask then reads as usual). Each unit takes one guess off the queue.
         """
-        probed = getattr(self._local, "probed", None)
+        probed = self._local.probed
         if not probed:
             return None
         guess_tenant, event_id = probed.popleft()
@@ -1132,7 +1132,7 @@ class PostgresStore:
 
     def _forget_probed(self, tenant: str, event_id: str) -> None:
         """A unit asked for ``event_id`` unguessed: drop the guesses up to it (stale ones)."""
-        probed = getattr(self._local, "probed", None)
+        probed = self._local.probed
         if probed and (tenant, event_id) in probed:
             while probed.popleft() != (tenant, event_id):
                 pass
@@ -1146,7 +1146,7 @@ class PostgresStore:
         asked for a reservation of the tenant (the month and limit are those of the last).
         """
         local = self._local
-        expected = getattr(local, "expect", None)
+        expected = local.expect
         if expected is None:
             return None
         local.expect = None
@@ -1642,6 +1642,16 @@ class _PostgresUnit:
         self._outbox.extend(messages)
 
 
+class _ThreadState(threading.local):
+    """What a PostgresStore keeps per thread (class attributes are the defaults)."""
+
+    depth: int = 0  # nested group() levels
+    dirty: bool = False  # a unit committed without waiting for the flush in this group
+    probed: deque[tuple[str, str]] | None = None  # (tenant, event id) found absent
+    # (tenant, key) of the last lookup of one buddy that found no receipt
+    expect: tuple[str, BuddyKey] | None = None
+
+
 def _key(key: BuddyKey) -> tuple[str, str]:
     return key.user_id, key.audience
 
@@ -1669,7 +1679,7 @@ class _PostgresGroup:
 
     def __enter__(self) -> None:
         local = self._store._local
-        depth = getattr(local, "depth", 0)
+        depth = local.depth
         if depth == 0:
             local.dirty = False
         local.depth = depth + 1
