@@ -1238,6 +1238,40 @@ class SQLiteStore:
         """
         buddies: dict[BuddyKey, BuddyState] = {}
         receipts: dict[str, Receipt] = {}
+        # Outside a transaction, what is read is committed: it is remembered for the units
+        # that follow on this connection (see _Connection.recall). Inside one (a lookup in a
+        # group or a unit) it may include this transaction's own writes, which a rollback
+        # would undo, so nothing is remembered then. Only str keys are remembered: SQLite's
+        # text comparison would match other types too (1 = '1'), and the rows are keyed
+        # by what was asked.
+        if len(keys) == 1 and len(event_ids) == 1:
+            # A single send: the receipt and the buddy in one cached statement.
+            conn = self._synced()
+            key = keys[0]
+            event_id = event_ids[0]
+            user_id, audience = key.user_id, key.audience
+            ident = (tenant, user_id, audience)
+            remember = (
+                type(event_id) is str
+                and type(user_id) is str
+                and type(audience) is str
+                and not conn.db.in_transaction
+            )
+            both = self._read_one(
+                conn,
+                _SQL_LOOKUP_ONE if remember else _SQL_GET_RECEIPT_AND_BUDDY,
+                (tenant, event_id, user_id, audience),
+                "reading a buddy and a receipt",
+            )
+            assert both is not None  # the statement always yields exactly one row
+            row = both[:5] if both[0] is not None else None
+            if both[5] is not None:
+                buddies[key] = conn.states.parsed(ident, both[5])
+            if row is not None:
+                receipts[event_id] = _receipt(row)
+            if remember:
+                conn.remember(both[6], {ident: both[5]}, {(tenant, event_id): row})
+            return buddies, receipts
         # Duplicates are read once. Keys are told apart as (user_id, audience) pairs: a
         # BuddyKey hashes and compares in Python (measured: 3.9k instructions per key of a
         # batch of 100), a tuple of two strings in C. Each pair maps to a key given.
@@ -1247,36 +1281,10 @@ class SQLiteStore:
             return buddies, receipts
         conn = self._synced()
         parsed = conn.states.parsed
-        # Outside a transaction, what is read is committed: it is remembered for the units
-        # that follow on this connection (see _Connection.recall). Inside one (a lookup in a
-        # group or a unit) it may include this transaction's own writes, which a rollback
-        # would undo, so nothing is remembered then. Only str keys are remembered: SQLite's
-        # text comparison would match other types too (1 = '1'), and the rows are keyed
-        # by what was asked.
         remember = not conn.db.in_transaction and all(
             type(u) is str and type(a) is str for u, a in wanted
         )
         remember = remember and all(type(i) is str for i in wanted_ids)
-        if len(wanted) == 1 and len(wanted_ids) == 1:
-            # A single send: the receipt and the buddy in one cached statement.
-            key = keys[0]
-            event_id = wanted_ids[0]
-            ident = (tenant, key.user_id, key.audience)
-            both = self._read_one(
-                conn,
-                _SQL_LOOKUP_ONE if remember else _SQL_GET_RECEIPT_AND_BUDDY,
-                (tenant, event_id, key.user_id, key.audience),
-                "reading a buddy and a receipt",
-            )
-            assert both is not None  # the statement always yields exactly one row
-            row = both[:5] if both[0] is not None else None
-            if both[5] is not None:
-                buddies[key] = parsed(ident, both[5])
-            if row is not None:
-                receipts[event_id] = _receipt(row)
-            if remember:
-                conn.remember(both[6], {ident: both[5]}, {(tenant, event_id): row})
-            return buddies, receipts
         memo_buddies: dict[tuple[str, str, str], str | None] = {}
         memo_receipts: dict[tuple[str, str], tuple[Any, ...] | None] = {}
         version = 0
@@ -1461,11 +1469,8 @@ def _execute(cur: sqlite3.Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> No
         cur.executemany(sql, rows)
 
 
-def _effects_text(effects: dict[str, Any]) -> str:
-    """A receipt's effects as stored: the values only, when the keys are _EFFECTS_KEYS."""
-    if tuple(effects) == _EFFECTS_KEYS:
-        return _dumps(list(effects.values()))
-    return _dumps(effects)
+def _closed() -> StoreError:
+    return StoreError("this unit of work is closed (use it inside its `with` block)")
 
 
 def _receipt(row: tuple[Any, ...]) -> Receipt:
@@ -1551,7 +1556,8 @@ class _SQLiteUnit:
         self._pending = _Pending()
         conn.units.append(self._pending)
         self._buddy_known = False
-        self._reserved: list[tuple[str, int]] = []
+        # What a nested unit reserved (given back if it fails), made on first use.
+        self._reserved: list[tuple[str, int]] | None = None
         # The quota row this (outermost) unit wrote and its new usage.
         self._quota: tuple[tuple[str, str], int] | None = None
         self._open = True
@@ -1638,7 +1644,7 @@ class _SQLiteUnit:
                 return
             # Quota is the one thing a unit writes at once (its count is needed now): inside
             # an enclosing transaction, a failing unit gives back what it reserved.
-            for month, count in self._reserved:
+            for month, count in self._reserved or ():
                 self._conn.memo_quota.pop((self._tenant, month), None)
                 try:
                     self._db.execute(_SQL_RELEASE_QUOTA, (count, self._tenant, month))
@@ -1706,6 +1712,8 @@ class _SQLiteUnit:
         except sqlite3.Error as exc:
             raise self._store._error(exc, "reserving quota") from exc
         if self._nested:
+            if self._reserved is None:
+                self._reserved = []
             self._reserved.append((month, count))
         else:
             self._quota = (key, used)
@@ -1713,26 +1721,36 @@ class _SQLiteUnit:
 
     def _check_open(self) -> sqlite3.Connection:
         if not self._open:
-            raise StoreError("this unit of work is closed (use it inside its `with` block)")
+            raise _closed()
         return self._db
 
     def _pending_state(self) -> BuddyState | None:
         """The state this unit, an enclosing one or the group put last; None when none did."""
         ident = self._ident
+        state = self._pending.buddies.get(ident)
+        if state is not None:
+            return state
         conn = self._conn
-        for pending in reversed(conn.units):
-            state = pending.buddies.get(ident)
-            if state is not None:
-                return state
+        units = conn.units
+        if len(units) > 1:  # enclosing units (this one is the last)
+            for pending in reversed(units):
+                state = pending.buddies.get(ident)
+                if state is not None:
+                    return state
         group = conn.group_pending
         return None if group is None else group.buddies.get(ident)
 
     def _pending_receipt(self, key: tuple[str, str]) -> tuple[Any, ...] | None:
+        row = self._pending.receipts.get(key)
+        if row is not None:
+            return row
         conn = self._conn
-        for pending in reversed(conn.units):
-            row = pending.receipts.get(key)
-            if row is not None:
-                return row
+        units = conn.units
+        if len(units) > 1:  # enclosing units (this one is the last)
+            for pending in reversed(units):
+                row = pending.receipts.get(key)
+                if row is not None:
+                    return row
         group = conn.group_pending
         return None if group is None else group.receipts.get(key)
 
@@ -1740,7 +1758,8 @@ class _SQLiteUnit:
 
     def get_buddy(self) -> BuddyState | None:
         """The buddy's state (as written so far in this unit), or None if it has not hatched."""
-        self._check_open()
+        if not self._open:
+            raise _closed()
         state = self._pending_state()
         if state is not None:
             return state
@@ -1759,7 +1778,8 @@ class _SQLiteUnit:
 
     def put_buddy(self, state: BuddyState) -> None:
         """Insert or replace the buddy's state."""
-        self._check_open()
+        if not self._open:
+            raise _closed()
         key = self.key
         if state.user_id != key.user_id or state.audience != key.audience:
             raise ConflictError(
@@ -1774,7 +1794,8 @@ class _SQLiteUnit:
 
     def get_receipt(self, event_id: str) -> Receipt | None:
         """The receipt for an event id of this tenant (any buddy), or None."""
-        self._check_open()
+        if not self._open:
+            raise _closed()
         key = (self._tenant, event_id)
         row = self._pending_receipt(key)
         if row is not None:
@@ -1810,15 +1831,17 @@ class _SQLiteUnit:
 
     def put_receipt(self, receipt: Receipt) -> None:
         """Record a receipt; a duplicate event id raises ConflictError at once."""
-        self._check_open()
+        if not self._open:
+            raise _closed()
         tenant = self._tenant
         key = (tenant, receipt.event_id)
         conn = self._conn
-        if self._pending_receipt(key) is not None:
-            exists = True
-        elif key in conn.absent:
-            # Read as absent under this transaction's write lock: still absent.
+        if key in conn.absent:
+            # Read as absent under this transaction's write lock, and not put since (a put
+            # takes it out of ``absent``): still absent.
             exists = False
+        elif self._pending_receipt(key) is not None:
+            exists = True
         else:
             try:
                 exists = conn.cur.execute(_SQL_HAS_RECEIPT, key).fetchone() is not None
@@ -1833,13 +1856,18 @@ class _SQLiteUnit:
         # is it what the last lookup read.
         conn.absent.discard(key)
         conn.memo_receipts.pop(key, None)
+        effects = receipt.effects
+        # The values only when the keys are the Engine's (see _EFFECTS_KEYS).
+        text = to_json(
+            list(effects.values()) if tuple(effects) == _EFFECTS_KEYS else effects
+        ).decode()
         self._pending.receipts[key] = (
             tenant,
             receipt.event_id,
             receipt.fingerprint,
             receipt.user_id,
             receipt.audience,
-            _effects_text(receipt.effects),
+            text,
         )
 
     def append_ledger(self, entries: Sequence[LedgerRecord]) -> None:
@@ -1895,7 +1923,8 @@ class _SQLiteUnit:
     ) -> None:
         """:meth:`append_ledger` of ``(currency, amount, balance_after, reason)`` entries of
         the unit's buddy, all with one reference and time."""
-        self._check_open()
+        if not self._open:
+            raise _closed()
         if not entries:
             return
         tenant, user_id, audience = self._ident
@@ -1904,7 +1933,15 @@ class _SQLiteUnit:
         for entry in entries:
             flat += entry
         self._pending.ledger.append(
-            (tenant, user_id, audience, reference, self._conn.iso(at), len(entries), _dumps(flat))
+            (
+                tenant,
+                user_id,
+                audience,
+                reference,
+                self._conn.iso(at),
+                len(entries),
+                to_json(flat).decode(),
+            )
         )
 
     def append_notifications(
@@ -1912,7 +1949,8 @@ class _SQLiteUnit:
     ) -> None:
         """:meth:`append_outbox` of ``(type, payload)`` messages of the unit's buddy, all at
         one time."""
-        self._check_open()
+        if not self._open:
+            raise _closed()
         count = len(notifications)
         if not count:
             return
@@ -1924,7 +1962,7 @@ class _SQLiteUnit:
             flat: list[Any] = []
             for message in run:
                 flat += message
-            pending.add_messages(tenant, user_id, audience, when, len(run), _dumps(flat))
+            pending.add_messages(tenant, user_id, audience, when, len(run), to_json(flat).decode())
 
     def append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         """Append outbox messages (visible to ``outbox_pending`` once the unit commits)."""
