@@ -25,8 +25,9 @@ Design, in short (the reasons are next to the code):
   two units ever wait for each other in opposite orders. Quota is reserved in a transaction
   of its own (an autocommit statement, or the one a send's unit commits just before its
   own), so its row lock is held for a single statement only; a unit that reserves inside its
-  transaction (a first send) takes the quota row last, after its buddy's lock, and no one
-  waits for a buddy's lock while holding the quota row.
+  transaction (one that had already used it, see :meth:`_PostgresUnit.reserve_quota`) takes
+  the quota row last, after its buddy's lock, and no one waits for a buddy's lock while
+  holding the quota row.
 * **Round trips**: a unit costs two (a single send three in all, with its lookup: its quota
   is reserved in its unit's opening round trip, see :meth:`_PostgresUnit.reserve_quota`).
   Its opening sends ``BEGIN``, a call of the ``lock_buddy`` SQL function (lock, then read
@@ -52,8 +53,10 @@ Design, in short (the reasons are next to the code):
   flush. Pass ``group_commit=False`` for a plain no-op group (every unit waits for its own
   flush).
 * **Quota** is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE used + n <= limit RETURNING``
-  statement (inside the ``reserve_quota`` SQL function, called as one autocommit statement),
-  committed with ``synchronous_commit = off`` by default: the quota row is the one row every
+  statement (inside the ``reserve_quota`` SQL function; a batch's is one autocommit
+  statement, a single send's a transaction of its own in its unit's opening round trip,
+  which the unit gives back if it fails), committed with ``synchronous_commit = off`` by
+  default: the quota row is the one row every
   writer of a tenant updates, and waiting for an fsync while holding its lock would serialise
   all writers on the disk. A server crash may forget the last fraction of a second of
   reservations (usage is under-counted by that much, never over-counted). Pass
