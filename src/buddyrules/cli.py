@@ -78,7 +78,9 @@ class CliError(click.ClickException):
         super().__init__(message)
         self.code = code
         self.lines = list(lines)
-        self.exit_code = exit_code
+        # click 8.5 declares ``exit_code`` a ClassVar (8.4 did not); click still reads it from
+        # the instance, so set it there without tripping the type checker on either version.
+        object.__setattr__(self, "exit_code", exit_code)
 
     @classmethod
     def from_error(cls, exc: BuddyRulesError, context: str | None = None) -> CliError:
