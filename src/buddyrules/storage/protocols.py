@@ -152,11 +152,14 @@ class QuotaUnitOfWork(UnitOfWork, Protocol):
 
     Optional. A store whose units can do this sets the class attribute
     ``quota_in_unit = True``; the Engine then reserves a single send's quota in the event's
-    unit (after the receipt check) instead of in a transaction of its own before it. The
-    reservation commits or rolls back with the event, so nothing is released on failure and
-    a crash cannot leave quota counted for an event that was not applied. Worth it where a
-    unit already serialises all writers (SQLite): elsewhere the month's quota row would stay
-    locked for the whole unit.
+    unit (after the receipt check) instead of in a transaction of its own before it, and
+    the unit gives the reservation back if the event is not applied. How the store does it
+    is its own choice: SQLiteStore reserves inside the event's transaction (all writers are
+    serialised anyway), so a crash cannot leave quota counted for an event that was not
+    applied. PostgresStore reserves in a short transaction of its own sent in the unit's
+    first round trip (holding the month's quota row for a whole unit would queue every
+    writer), so a client that dies between that reservation and the end of its unit leaves
+    it counted, as a separate reservation would.
     """
 
     def reserve_quota(self, month: str, count: int, limit: int | None) -> int | None:
