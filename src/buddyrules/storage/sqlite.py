@@ -47,6 +47,13 @@ Design, in short (the reasons are next to the code):
   succeeded (one ``executemany`` per table, the last state per buddy) and commits, also when
   the group exits with an exception (SPEC §1: events before the failing one stay committed). A
   batch of 100 events is then a handful of statements and one commit, not 100.
+* **Packed rows** (schema version 2): a unit's ledger entries for its buddy are one ledger
+  row, its messages one outbox row (ids ``id .. id + n - 1``, a message's acknowledgement a
+  bit of the row's ``pending`` mask), and a receipt's effects with the Engine's keys are
+  stored as their values only. A single send writes 7 pages (quota, buddy, receipt, ledger
+  and outbox rows, their two indexes), a batch one row per event and table. Per-event
+  statements run on one cursor per connection, and a unit skips reading the quota row when
+  its connection committed it last (checked like the lookup's rows).
 * **Durability**: ``synchronous=NORMAL`` (the default) with WAL never syncs on commit, only at
   checkpoints. A committed transaction survives a crash of the process (even ``SIGKILL``); a
   power loss or an operating-system crash may lose the last transactions committed before it,
@@ -586,10 +593,14 @@ class _Pending:
 
     def absorb(self, other: _Pending) -> None:
         """Take over the rows of a unit that completed inside this one (or inside a group)."""
-        self.buddies.update(other.buddies)
-        self.ledger += other.ledger
-        self.outbox += other.outbox
-        self.receipts.update(other.receipts)
+        if other.buddies:
+            self.buddies.update(other.buddies)
+        if other.ledger:
+            self.ledger += other.ledger
+        if other.outbox:
+            self.outbox += other.outbox
+        if other.receipts:
+            self.receipts.update(other.receipts)
 
     def clear(self) -> None:
         """Forget every row."""
@@ -1524,11 +1535,7 @@ class _SQLiteUnit:
         self._tenant = tenant
         self.key = key
         self._ident = (tenant, key.user_id, key.audience)
-        self._nested = False
         self._open = False
-        # The buddy's stored row, when already read with the receipt (see get_receipt).
-        self._buddy_known = False
-        self._buddy_text: str | None = None
 
     # -- the transaction -----------------------------------------------------------------
 
@@ -1555,7 +1562,9 @@ class _SQLiteUnit:
             conn.began_transaction()
         self._pending = _Pending()
         conn.units.append(self._pending)
+        # The buddy's stored row, when already read with the receipt (see get_receipt).
         self._buddy_known = False
+        self._buddy_text: str | None = None
         # What a nested unit reserved (given back if it fails), made on first use.
         self._reserved: list[tuple[str, int]] | None = None
         # The quota row this (outermost) unit wrote and its new usage.
@@ -1957,9 +1966,18 @@ class _SQLiteUnit:
         tenant, user_id, audience = self._ident
         when = self._conn.iso(at)
         pending = self._pending
+        flat: list[Any] = []
+        if count <= _OUTBOX_RUN and not pending.outbox:
+            # The usual case: the unit's first messages, one row.
+            for message in notifications:
+                flat += message
+            pending.outbox.append(
+                (tenant, user_id, audience, when, count, (1 << count) - 1, to_json(flat).decode())
+            )
+            return
         for start in range(0, count, _OUTBOX_RUN):
             run = notifications[start : start + _OUTBOX_RUN]
-            flat: list[Any] = []
+            flat = []
             for message in run:
                 flat += message
             pending.add_messages(tenant, user_id, audience, when, len(run), to_json(flat).decode())
