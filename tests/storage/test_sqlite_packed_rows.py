@@ -18,6 +18,7 @@ import pytest
 
 from buddyrules import load_rulebook
 from buddyrules.effects import Effects
+from buddyrules.errors import ConflictError
 from buddyrules.service import Engine
 from buddyrules.state import BuddyState
 from buddyrules.storage import BuddyKey, LedgerRecord, OutboxMessage, Receipt
@@ -348,3 +349,59 @@ def test_upgrading_keeps_an_acknowledged_outbox_acknowledged(
     with SQLiteStore(sqlite_path) as store:
         assert [m.id for m in store.outbox_pending(T)] == ([] if acked else [1])
         assert store.outbox_ack(T, [1]) == (0 if acked else 1)
+
+
+@pytest.mark.parametrize(
+    "effects",
+    [
+        Effects(coins=3, badges_awarded=("first",), tokens=("xp:2",), rulebook_version="v1"),
+        Effects(
+            coins=-1,
+            badges_ready=("scholar",),
+            evolution_ready=True,
+            streak_milestones=({"streak": "daily", "count": 7},),
+            debug_reason="no_active_buddies_for_user",
+            skills=({"skill": "grammar", "level": 2},),
+            streaks=({"streak": "daily", "count": 7},),
+            evolved_to=2,
+            paths=({"path": "p", "step": "s"},),
+            problems=({"where": "coin_rules[0]", "error": "é"},),
+            replayed=True,
+            trace=({"rule": "not stored"},),
+        ),
+    ],
+)
+def test_effects_receipts_store_what_put_receipt_stores(
+    sqlite_path: Path, make_sqlite_store: Callable[..., SQLiteStore], effects: Effects
+) -> None:
+    store = make_sqlite_store()
+    wire = effects.to_wire(include_trace=False)
+    with store.unit_of_work(T, _key("alice")) as uow:
+        uow.put_receipt(Receipt("by-wire", "fp", "alice", AUDIENCE, wire))
+        uow.put_effects_receipt("by-effects", "fp", effects)  # type: ignore[attr-defined]
+        assert uow.get_receipt("by-effects") == Receipt("by-effects", "fp", "alice", AUDIENCE, wire)
+        with pytest.raises(ConflictError):
+            uow.put_effects_receipt("by-wire", "fp", effects)  # type: ignore[attr-defined]
+    with sqlite3.connect(sqlite_path) as db:
+        stored = dict(db.execute("SELECT event_id, effects FROM receipts").fetchall())
+    assert stored["by-effects"] == stored["by-wire"]
+    assert store.get_receipt(T, "by-effects") == Receipt(
+        "by-effects", "fp", "alice", AUDIENCE, wire
+    )
+    with store.unit_of_work(T, _key("bob")) as uow, pytest.raises(ConflictError):
+        uow.put_effects_receipt("by-effects", "fp", effects)  # type: ignore[attr-defined]
+
+
+def test_effects_receipts_with_mappings_pydantic_cannot_encode(
+    make_sqlite_store: Callable[..., SQLiteStore],
+) -> None:
+    from collections import UserDict
+
+    effects = Effects(coins=1, streak_milestones=(UserDict({"streak": "daily", "count": 7}),))
+    store = make_sqlite_store()
+    with store.unit_of_work(T, _key("alice")) as uow:
+        uow.put_effects_receipt("e1", "fp", effects)  # type: ignore[attr-defined]
+    receipt = store.get_receipt(T, "e1")
+    assert receipt is not None
+    assert receipt.effects == effects.to_wire(include_trace=False)
+    assert receipt.effects["streak_milestones"] == [{"streak": "daily", "count": 7}]
