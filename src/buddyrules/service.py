@@ -53,7 +53,7 @@ from buddyrules.errors import (
 from buddyrules.events import Event
 from buddyrules.rulebook import Rulebook, lint_rulebook, load_rulebook
 from buddyrules.state import BuddyState
-from buddyrules.storage.memory import MemoryStore, MemoryUnitOfWork
+from buddyrules.storage.memory import MemoryStore
 from buddyrules.storage.protocols import (
     BuddyKey,
     LedgerRecord,
@@ -783,9 +783,11 @@ class Engine:
         if event_id is None:
             return
         assert p.fingerprint is not None
-        if type(uow) is MemoryUnitOfWork:
-            # Kept packed; the wire dict is only built if the receipt is ever read.
-            uow.put_effects_receipt(event_id, p.fingerprint, effects)
+        put_effects = getattr(uow, "put_effects_receipt", None)
+        if put_effects is not None:
+            # A unit that packs the effects itself (MemoryStore's, SQLiteStore's): the wire
+            # dict is only built if the receipt is ever read.
+            put_effects(event_id, p.fingerprint, effects)
             return
         wire = effects.to_wire(include_trace=False)
         uow.put_receipt(Receipt(event_id, p.fingerprint, user_id, audience, wire))
