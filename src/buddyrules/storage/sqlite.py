@@ -1741,33 +1741,28 @@ class _SQLiteUnit:
 
     def _pending_state(self) -> BuddyState | None:
         """The state this unit, an enclosing one or the group put last; None when none did."""
-        ident = self._ident
-        state = self._pending.buddies.get(ident)
-        if state is not None:
-            return state
-        conn = self._conn
-        units = conn.units
-        if len(units) > 1:  # enclosing units (this one is the last)
-            for pending in reversed(units):
-                state = pending.buddies.get(ident)
-                if state is not None:
-                    return state
-        group = conn.group_pending
-        return None if group is None else group.buddies.get(ident)
+        state: BuddyState | None = self._pending_get("buddies", self._ident)
+        return state
 
     def _pending_receipt(self, key: tuple[str, str]) -> tuple[Any, ...] | None:
-        row = self._pending.receipts.get(key)
-        if row is not None:
-            return row
+        row: tuple[Any, ...] | None = self._pending_get("receipts", key)
+        return row
+
+    def _pending_get(self, part: str, key: tuple[str, ...]) -> Any:
+        """``key`` in one part of the rows held back (``buddies`` or ``receipts``): this
+        unit's first, then the enclosing units' (innermost first), then the group's."""
+        found = getattr(self._pending, part).get(key)
+        if found is not None:
+            return found
         conn = self._conn
         units = conn.units
         if len(units) > 1:  # enclosing units (this one is the last)
             for pending in reversed(units):
-                row = pending.receipts.get(key)
-                if row is not None:
-                    return row
+                found = getattr(pending, part).get(key)
+                if found is not None:
+                    return found
         group = conn.group_pending
-        return None if group is None else group.receipts.get(key)
+        return None if group is None else getattr(group, part).get(key)
 
     # -- UnitOfWork ------------------------------------------------------------------------
 
