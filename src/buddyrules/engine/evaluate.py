@@ -23,6 +23,8 @@ from buddyrules.engine.context import EventContext
 from buddyrules.engine.evolution import evaluate_evolution
 from buddyrules.engine.paths import evaluate_paths
 from buddyrules.engine.periods import local_date, zone
+from buddyrules.engine.plans import _PLANS as _plans
+from buddyrules.engine.plans import plan_for
 from buddyrules.engine.rules import apply_coin_rules, apply_skill_rules, apply_token_rules
 from buddyrules.engine.streaks import apply_streaks
 from buddyrules.engine.turn import Outcome, Turn, settled_carry
@@ -152,6 +154,20 @@ def evaluate(
     # 1. counters
     counters = turn.counters
     counters[event_type] = counters.get(event_type, 0) + 1
+    index = rulebook.dependencies
+    watching = index.worthwhile
+    if not (explain or watching):
+        # Steps 2-6 as one function written for this event type's rules (see plans.py).
+        plan = _plans.get(id(rulebook))
+        step = plan.get(event_type) if plan is not None else None
+        if step is None:
+            step = plan_for(rulebook, event_type)
+        step(turn, ctx, turn.ns, audience)
+        last = state.last_event_at
+        return turn.finish(
+            last_event_at=occurred_at if last is None or occurred_at > last else last,
+            count_event=True,
+        )
     # 2. streaks
     streaks = rulebook.streaks_by_type.get(event_type)
     if streaks:
@@ -168,8 +184,6 @@ def evaluate(
         apply_token_rules(turn, token_rules, ctx)
     # Steps 4 and 5 test only the conditions whose inputs changed when the input state
     # was settled by an earlier evaluate under this rulebook (see _changed_by_rules).
-    index = rulebook.dependencies
-    watching = index.worthwhile
     if watching:
         if not explain:
             carried = settled_carry(rulebook, state)

@@ -1,0 +1,263 @@
+"""Event plans: steps 2-6 of ``evaluate`` compiled into one Python function per event type.
+
+The interpreter in :mod:`~buddyrules.engine.rules`, :mod:`~buddyrules.engine.badges` and
+friends walks the compiled rules of every event: for each rule it reads its audience, its
+condition, its amount, its caps, its multipliers, and branches on each. Those never change
+for a rulebook version, so this module writes, once per (rulebook, event type), the code a
+person would write by hand for exactly those rules: a rule without a condition has no test, a
+literal amount is a constant, a badge without prerequisites checks none, and so on.
+
+The generated code calls the same :class:`~buddyrules.engine.turn.Turn` methods (every coin,
+token, skill, badge and notification still goes through them) and the same cap arithmetic
+(:func:`~buddyrules.engine.caps.clip`, :func:`~buddyrules.engine.caps.record`), so a plan
+gives exactly what the interpreter gives; ``tests/engine/test_plans.py`` checks that on every
+example rulebook and on generated histories. The interpreter is still what runs with
+``explain=True`` (the trace needs every reason) and when the incremental badge and path
+passes are in use (a rulebook with many skippable conditions, see ``rulebook/_deps.py``).
+
+Only constants chosen here go into the source: keys and reasons as ``repr`` literals, numbers
+as ints, and everything else (conditions, rewards, rule objects) as names bound in the
+function's globals; no text from a rulebook is ever pasted into code.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from buddyrules.engine.caps import clip, record
+from buddyrules.engine.context import EventContext
+from buddyrules.engine.evolution import evaluate_evolution
+from buddyrules.engine.paths import _advance_path
+from buddyrules.engine.rules import _amount
+from buddyrules.engine.streaks import apply_streaks
+from buddyrules.engine.turn import Turn
+from buddyrules.rulebook.compiled import Amount, Badge, CoinRule, Rulebook, SkillRule, TokenRule
+
+__all__ = ["Plan", "plan_for"]
+
+#: ``plan(turn, ctx, ns, audience)`` runs steps 2-6 of SPEC §3 for one event type.
+Plan = Callable[[Turn, EventContext, dict[str, Any], str], None]
+
+# Plans per live rulebook, keyed by id (a Rulebook is pickled by ``testing.check``, so the
+# plans, which cannot be pickled, are kept beside it rather than in its ``__dict__``).
+_PLANS: dict[int, dict[str, Plan]] = {}
+
+
+def plan_for(rulebook: Rulebook, event_type: str) -> Plan:
+    """The plan of ``event_type`` under ``rulebook``, compiled on first use."""
+    plans = _PLANS.get(id(rulebook))
+    if plans is None:
+        plans = _PLANS[id(rulebook)] = {}
+        weakref.finalize(rulebook, _PLANS.pop, id(rulebook), None)
+    plan = plans.get(event_type)
+    if plan is None:
+        plan = plans[event_type] = _Writer(rulebook, event_type).build()
+    return plan
+
+
+class _Writer:
+    """Writes one plan's source, binding every non-literal constant to a global name."""
+
+    def __init__(self, rulebook: Rulebook, event_type: str) -> None:
+        self.rulebook = rulebook
+        self.event_type = event_type
+        self.lines: list[str] = []
+        self.globals: dict[str, Any] = {
+            "__builtins__": {},
+            "_clip": clip,
+            "_record": record,
+            "_amount": _amount,
+            "_floor": math.floor,
+            "_max": max,
+            "_min": min,
+            "_range": range,
+            "_set": set,
+            "_apply_streaks": apply_streaks,
+            "_advance_path": _advance_path,
+            "_evaluate_evolution": evaluate_evolution,
+        }
+
+    def bind(self, value: Any) -> str:
+        """A global name for ``value`` (a condition, a rule, a tuple...)."""
+        name = f"_k{len(self.globals)}"
+        self.globals[name] = value
+        return name
+
+    def emit(self, depth: int, line: str) -> None:
+        self.lines.append("    " * depth + line)
+
+    def build(self) -> Plan:
+        rb = self.rulebook
+        event_type = self.event_type
+        self.emit(0, "def plan(turn, ctx, ns, audience):")
+        streaks = rb.streaks_by_type.get(event_type)
+        if streaks:
+            self.emit(1, f"_apply_streaks(turn, {self.bind(streaks)}, ctx)")
+        for rule in rb.coin_rules_by_type.get(event_type, ()):
+            self.coin_rule(rule)
+        for skill_rule in rb.skill_rules_by_type.get(event_type, ()):
+            self.skill_rule(skill_rule)
+        for token_rule in rb.token_rules_by_type.get(event_type, ()):
+            self.token_rule(token_rule)
+        self.paths()
+        self.badges()
+        if len(rb.stages) > 1:
+            self.emit(1, "_evaluate_evolution(turn)")
+        self.emit(1, "return None")
+        source = "\n".join(self.lines) + "\n"
+        code = compile(source, f"<buddyrules plan {event_type!r} {rb.version}>", "exec")
+        exec(code, self.globals)  # source written above from constants chosen here
+        plan: Plan = self.globals["plan"]
+        return plan
+
+    # -- steps 3: coin, skill and token rules ---------------------------------------------
+
+    def guard(self, depth: int, key: str, audience: str | None, when: Any) -> int:
+        """Emit the audience filter and the condition of a rule; return the body's depth."""
+        if audience is not None:
+            self.emit(depth, f"if audience == {audience!r}:")
+            depth += 1
+        if when is not None:
+            self.emit(depth, f"ok, problem = {self.bind(when.test)}(ns)")
+            self.emit(depth, "if problem is not None:")
+            self.emit(depth + 1, f"turn.problem({key!r}, 'condition: ' + problem)")
+            self.emit(depth, "if ok:")
+            depth += 1
+        return depth
+
+    def amount(self, depth: int, key: str, amount: Amount) -> bool:
+        """Emit ``grant = ...``; return whether the grant is known to be positive."""
+        if amount.expr is None:
+            literal = amount.literal or 0
+            self.emit(depth, f"grant = {int(literal)}")
+            return literal > 0
+        self.emit(depth, f"grant = _amount(turn, {key!r}, {self.bind(amount)}, None)")
+        return False
+
+    def coin_rule(self, rule: CoinRule) -> None:
+        depth = self.guard(1, rule.key, rule.audience, rule.when)
+        self.emit(depth, "turn.matched = True")
+        positive = self.amount(depth, rule.key, rule.amount)
+        if rule.multipliers:
+            self.emit(depth, "if grant > 0:")
+            self.emit(depth + 1, "factor = 1")
+            for cond, factor in rule.multipliers:
+                self.emit(depth + 1, f"ok, problem = {self.bind(cond.test)}(ns)")
+                self.emit(depth + 1, "if problem is not None:")
+                self.emit(depth + 2, f"turn.problem({rule.key!r}, 'multiplier: ' + problem)")
+                self.emit(depth + 1, "if ok:")
+                self.emit(depth + 2, f"factor *= {self.bind(factor)}")
+            self.emit(depth + 1, "grant = _floor(grant * factor)")
+            positive = False
+        if not positive:
+            self.emit(depth, "if grant > 0:")
+            depth += 1
+        if rule.limited:
+            self.emit(depth, f"usage = turn.rule_usage.get({rule.key!r})")
+            self.emit(
+                depth,
+                f"credited, _ = _clip(usage, grant, ctx, {rule.daily_cap!r}, "
+                f"{rule.weekly_cap!r}, {rule.total_limit!r})",
+            )
+            self.emit(depth, "if credited < grant:")
+            self.emit(depth + 1, "turn.clipped = True")
+            self.emit(depth, "if credited > 0:")
+            self.emit(depth + 1, f"_record(turn, {rule.key!r}, usage, credited, ctx)")
+            self.emit(depth + 1, f"turn.credit_coins(credited, {rule.reason!r})")
+        else:
+            self.emit(depth, f"turn.credit_coins(grant, {rule.reason!r})")
+
+    def skill_rule(self, rule: SkillRule) -> None:
+        depth = self.guard(1, rule.key, rule.audience, rule.when)
+        self.emit(depth, "turn.matched = True")
+        self.amount(depth, rule.key, rule.amount)
+        skill = self.rulebook.skills[rule.skill]
+        self.emit(depth, f"before = turn.skills.get({rule.skill!r}, 0)")
+        self.emit(depth, f"credited = _max(0, _min(grant, {int(skill.max_value)} - before))")
+        self.emit(depth, "if credited < grant:")
+        self.emit(depth + 1, "turn.clipped = True")
+        self.emit(depth, "if credited > 0:")
+        self.emit(
+            depth + 1,
+            f"turn.set_skill({rule.skill!r}, before + credited, {'rule:' + rule.key!r}, "
+            "message='')",
+        )
+
+    def token_rule(self, rule: TokenRule) -> None:
+        depth = self.guard(1, rule.key, rule.audience, rule.when)
+        self.emit(depth, "turn.matched = True")
+        self.amount(depth, rule.key, rule.amount)
+        self.emit(depth, "if grant > 0:")
+        depth += 1
+        if rule.limited:
+            self.emit(depth, f"usage = turn.rule_usage.get({rule.key!r})")
+            self.emit(
+                depth,
+                f"credited, _ = _clip(usage, grant, ctx, {rule.daily_cap!r}, "
+                f"{rule.weekly_cap!r}, None)",
+            )
+            self.emit(depth, "if credited > 0:")
+            credit = f"turn.credit_token({rule.token!r}, credited, {rule.reason!r})"
+            self.emit(depth + 1, f"credited = {credit}")
+            self.emit(depth + 1, "if credited > 0:")
+            self.emit(depth + 2, f"_record(turn, {rule.key!r}, usage, credited, ctx)")
+        else:
+            self.emit(
+                depth, f"credited = turn.credit_token({rule.token!r}, grant, {rule.reason!r})"
+            )
+        self.emit(depth, "if credited < grant:")
+        self.emit(depth + 1, "turn.clipped = True")
+
+    # -- steps 4-5: paths and badges ----------------------------------------------------
+
+    def paths(self) -> None:
+        for path in self.rulebook.paths:
+            depth = 1
+            if path.audience is not None:
+                self.emit(depth, f"if audience == {path.audience!r}:")
+                depth += 1
+            self.emit(depth, f"_advance_path(turn, {self.bind(path)})")
+
+    def badges(self) -> None:
+        # A badge without a condition is only ever awarded by a reward or an admin: the
+        # interpreter's pass visits it and changes nothing, so it is left out here.
+        tested = [badge for badge in self.rulebook.badges if badge.when is not None]
+        if not tested:
+            return
+        self.emit(1, "awarded = turn.badges")  # the live set: awards are seen at once
+        self.emit(1, "reported = None")
+        # The interpreter's bound: each pass that continues awards or readies one badge.
+        self.emit(1, f"for _ in _range({len(self.rulebook.badges) + 1}):")
+        self.emit(2, "changed = False")
+        for badge in tested:
+            self.badge(badge)
+        self.emit(2, "if not changed:")
+        self.emit(3, "break")
+
+    def badge(self, badge: Badge) -> None:
+        key = badge.key
+        tests = [f"{key!r} not in awarded"]
+        if badge.mode == "manual":
+            tests.append(f"{key!r} not in turn.ready")
+        if badge.audience is not None:
+            tests.append(f"audience == {badge.audience!r}")
+        tests.extend(f"{required!r} in awarded" for required in badge.requires)
+        self.emit(2, f"if {' and '.join(tests)}:")
+        assert badge.when is not None
+        self.emit(3, f"ok, problem = {self.bind(badge.when.test)}(ns)")
+        self.emit(3, "if problem is not None:")
+        # A failing condition is reported once per event, not once per pass.
+        self.emit(4, "if reported is None:")
+        self.emit(5, "reported = _set()")
+        self.emit(4, f"if {key!r} not in reported:")
+        self.emit(5, f"reported.add({key!r})")
+        self.emit(5, f"turn.problem({key!r}, 'condition: ' + problem)")
+        self.emit(3, "elif ok:")
+        if badge.mode == "manual":
+            self.emit(4, f"turn.mark_ready({key!r})")
+        else:
+            self.emit(4, f"turn.award_badge({key!r}, 'condition')")
+        self.emit(4, "changed = True")
