@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from buddyrules.engine.periods import day_and_week, period_index
+from buddyrules.engine.periods import period_index
 
 __all__ = ["EventContext"]
 
@@ -16,32 +16,37 @@ class EventContext:
     ``day`` and ``week`` are the indexes of the event's local day and ISO week, computed
     once (caps and daily/weekly streaks all need them). Read-only by convention; a plain
     slotted class because one is built per event.
+
+    ``day`` is given as the local date's ordinal (``occurred_at.astimezone(tz).toordinal()``,
+    with no ``date`` object built on the hot path); :meth:`of` takes a date.
     """
 
-    __slots__ = ("audience", "day", "local_day", "occurred_at", "type", "week")
+    __slots__ = ("audience", "day", "occurred_at", "type", "week")
 
     type: str
     audience: str
     occurred_at: datetime
-    local_day: date
     day: int
     week: int
 
-    def __init__(
-        self, event_type: str, audience: str, occurred_at: datetime, local_day: date
-    ) -> None:
+    def __init__(self, event_type: str, audience: str, occurred_at: datetime, day: int) -> None:
         self.type = event_type
         self.audience = audience
         self.occurred_at = occurred_at
-        self.local_day = local_day
-        self.day, self.week = day_and_week(local_day)
+        self.day = day
+        self.week = (day - 1) // 7  # periods.week_index, from the ordinal
 
     @classmethod
     def of(
         cls, event_type: str, audience: str, occurred_at: datetime, local_day: date
     ) -> EventContext:
-        """Build the context, computing day and ISO-week indexes once."""
-        return cls(event_type, audience, occurred_at, local_day)
+        """Build the context from the event's local date."""
+        return cls(event_type, audience, occurred_at, local_day.toordinal())
+
+    @property
+    def local_day(self) -> date:
+        """The event's local date (monthly periods and traces need it; rarely read)."""
+        return date.fromordinal(self.day)
 
     def period(self, kind: str) -> int:
         """The index of this event's ``daily``/``weekly``/``monthly`` period."""

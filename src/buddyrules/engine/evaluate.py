@@ -22,7 +22,7 @@ from buddyrules.engine.badges import evaluate_badges
 from buddyrules.engine.context import EventContext
 from buddyrules.engine.evolution import evaluate_evolution
 from buddyrules.engine.paths import evaluate_paths
-from buddyrules.engine.periods import local_date, zone
+from buddyrules.engine.periods import zone
 from buddyrules.engine.plans import _PLANS as _plans
 from buddyrules.engine.plans import plan_for
 from buddyrules.engine.rules import apply_coin_rules, apply_skill_rules, apply_token_rules
@@ -129,8 +129,11 @@ def evaluate(
             {"fields": {"audience": "does not match the buddy"}},
         )
     event_type = ev.type
-    tz = zone(state.timezone) if state.timezone else rulebook.tz
-    ctx = EventContext(event_type, audience, occurred_at, local_date(occurred_at, tz))
+    # The local day's ordinal, straight from the converted instant (periods.local_date
+    # without building a date); a UTC rulebook converts to datetime.UTC, which costs nothing
+    # for the usual UTC instant.
+    tz = zone(state.timezone) if state.timezone else rulebook.period_tz
+    ctx = EventContext(event_type, audience, occurred_at, occurred_at.astimezone(tz).toordinal())
     turn = Turn(rulebook, state, explain)
     if explain or rulebook.reads_event_time:
         event_ns = {

@@ -34,7 +34,15 @@ from buddyrules.engine.paths import _advance_path
 from buddyrules.engine.rules import _amount
 from buddyrules.engine.streaks import apply_streaks
 from buddyrules.engine.turn import Turn
-from buddyrules.rulebook.compiled import Amount, Badge, CoinRule, Rulebook, SkillRule, TokenRule
+from buddyrules.rulebook.compiled import (
+    Amount,
+    Badge,
+    CoinRule,
+    Rulebook,
+    SkillRule,
+    Streak,
+    TokenRule,
+)
 
 __all__ = ["Plan", "plan_for"]
 
@@ -93,9 +101,8 @@ class _Writer:
         rb = self.rulebook
         event_type = self.event_type
         self.emit(0, "def plan(turn, ctx, ns, audience):")
-        streaks = rb.streaks_by_type.get(event_type)
-        if streaks:
-            self.emit(1, f"_apply_streaks(turn, {self.bind(streaks)}, ctx)")
+        for streak in rb.streaks_by_type.get(event_type, ()):
+            self.streak(streak)
         for rule in rb.coin_rules_by_type.get(event_type, ()):
             self.coin_rule(rule)
         for skill_rule in rb.skill_rules_by_type.get(event_type, ()):
@@ -112,6 +119,29 @@ class _Writer:
         exec(code, self.globals)  # source written above from constants chosen here
         plan: Plan = self.globals["plan"]
         return plan
+
+    # -- step 2: streaks ------------------------------------------------------------------
+
+    def streak(self, streak: Streak) -> None:
+        """Tick, freeze or burn through the interpreter, after a cheap test for no change.
+
+        An event in the streak's last ticked period or an earlier one changes nothing
+        (``streaks.classify``: "same_period", "earlier"); that is most events of a daily
+        streak, and the test needs no call.
+        """
+        depth = 1
+        if streak.audience is not None:
+            self.emit(depth, f"if audience == {streak.audience!r}:")
+            depth += 1
+        period = {"daily": "ctx.day", "weekly": "ctx.week"}.get(
+            streak.period, f"ctx.period({streak.period!r})"
+        )
+        self.emit(depth, f"current = turn.streaks.get({streak.key!r})")
+        self.emit(
+            depth,
+            f"if current is None or current.last_period is None or {period} > current.last_period:",
+        )
+        self.emit(depth + 1, f"_apply_streaks(turn, {self.bind((streak,))}, ctx)")
 
     # -- steps 3: coin, skill and token rules ---------------------------------------------
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -304,6 +305,17 @@ class Rulebook:
     def auto_hatch(self) -> bool:
         """Whether an event for a user without a buddy hatches one first."""
         return self.spec.auto_hatch
+
+    @cached_property
+    def period_tz(self) -> tzinfo:
+        """The zone the engine converts instants to: ``tz``, or ``datetime.UTC`` for UTC.
+
+        The same local dates either way; converting an instant that is already in
+        ``datetime.UTC`` (as parsed events are) to ``datetime.UTC`` is free.
+        """
+        if self.tz.key in ("UTC", "Etc/UTC", "Etc/Universal", "Etc/Zulu", "Universal", "Zulu"):
+            return UTC
+        return self.tz
 
     @cached_property
     def badges_by_key(self) -> Mapping[str, Badge]:
