@@ -186,7 +186,10 @@ class Turn:
         self.explain = explain
         self.coins = state.coins
         # Every declared token is present (conditions read ``tokens.<key>`` directly).
-        self.tokens = {**rulebook.token_zeros, **state.tokens}
+        tokens = state.tokens
+        zeros = rulebook.token_zeros
+        # A buddy holding every declared token (and no other) needs no zeros merged in.
+        self.tokens = dict(tokens) if tokens.keys() == zeros.keys() else {**zeros, **tokens}
         self._tokens_changed = False
         self.skills = state.skills
         self._skills_owned = False
@@ -505,7 +508,12 @@ class Turn:
         base = self.base
         if self._tokens_changed:
             base_tokens = base.tokens
-            tokens = {k: v for k, v in self.tokens.items() if v or k in base_tokens}
+            if len(self.tokens) == len(base_tokens):
+                # Every declared token is already in the base (a buddy that has held each
+                # one): the turn's own dict is the new balances, zeros included.
+                tokens = self.tokens
+            else:
+                tokens = {k: v for k, v in self.tokens.items() if v or k in base_tokens}
         else:
             tokens = base.tokens
         awarded = self.awarded_now
