@@ -9,6 +9,11 @@ The order, stated once, here:
 5. badges, repeated until nothing changes;
 6. evolution readiness, and with ``auto_evolve`` one stage.
 
+Steps 2-6 run in this order either through the interpreter below (``explain=True``, and
+rulebooks that use the incremental passes) or through an event plan, which writes out the
+same steps for one event type (:mod:`buddyrules.engine.plans`, checked against the
+interpreter by the test suite).
+
 No clock, no I/O, no randomness: the same inputs give byte-identical outputs.
 """
 
@@ -171,20 +176,24 @@ def evaluate(
             last_event_at=occurred_at if last is None or occurred_at > last else last,
             count_event=True,
         )
-    # 2. streaks
-    streaks = rulebook.streaks_by_type.get(event_type)
-    if streaks:
-        apply_streaks(turn, streaks, ctx)
-    # 3. coin, skill, token rules
-    coin_rules = rulebook.coin_rules_by_type.get(event_type)
-    if coin_rules:
-        apply_coin_rules(turn, coin_rules, ctx)
-    skill_rules = rulebook.skill_rules_by_type.get(event_type)
-    if skill_rules:
-        apply_skill_rules(turn, skill_rules, ctx)
-    token_rules = rulebook.token_rules_by_type.get(event_type)
-    if token_rules:
-        apply_token_rules(turn, token_rules, ctx)
+    if explain:
+        # 2. streaks
+        streaks = rulebook.streaks_by_type.get(event_type)
+        if streaks:
+            apply_streaks(turn, streaks, ctx)
+        # 3. coin, skill, token rules
+        coin_rules = rulebook.coin_rules_by_type.get(event_type)
+        if coin_rules:
+            apply_coin_rules(turn, coin_rules, ctx)
+        skill_rules = rulebook.skill_rules_by_type.get(event_type)
+        if skill_rules:
+            apply_skill_rules(turn, skill_rules, ctx)
+        token_rules = rulebook.token_rules_by_type.get(event_type)
+        if token_rules:
+            apply_token_rules(turn, token_rules, ctx)
+    else:
+        # Steps 2-3 through the event type's rules-only plan (see plans.py).
+        plan_for(rulebook, event_type, rules_only=True)(turn, ctx, turn.ns, audience)
     # Steps 4 and 5 test only the conditions whose inputs changed when the input state
     # was settled by an earlier evaluate under this rulebook (see _changed_by_rules).
     if watching:

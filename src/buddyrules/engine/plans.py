@@ -54,15 +54,22 @@ Plan = Callable[[Turn, EventContext, dict[str, Any], str], None]
 _PLANS: dict[int, dict[str, Plan]] = {}
 
 
-def plan_for(rulebook: Rulebook, event_type: str) -> Plan:
-    """The plan of ``event_type`` under ``rulebook``, compiled on first use."""
+def plan_for(rulebook: Rulebook, event_type: str, *, rules_only: bool = False) -> Plan:
+    """The plan of ``event_type`` under ``rulebook``, compiled on first use.
+
+    ``rules_only`` gives steps 2-3 alone (streaks and the coin, skill and token rules), for
+    a rulebook whose badge and path passes are incremental: ``evaluate`` then notes what the
+    rules changed and runs steps 4-6 through the interpreter.
+    """
     plans = _PLANS.get(id(rulebook))
     if plans is None:
         plans = _PLANS[id(rulebook)] = {}
         weakref.finalize(rulebook, _PLANS.pop, id(rulebook), None)
-    plan = plans.get(event_type)
+    # Rules-only plans are kept under a key no event type has (types are identifiers).
+    key = f"{event_type} rules" if rules_only else event_type
+    plan = plans.get(key)
     if plan is None:
-        plan = plans[event_type] = _Writer(rulebook, event_type).build()
+        plan = plans[key] = _Writer(rulebook, event_type).build(rules_only=rules_only)
     return plan
 
 
@@ -97,7 +104,7 @@ class _Writer:
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
-    def build(self) -> Plan:
+    def build(self, *, rules_only: bool = False) -> Plan:
         rb = self.rulebook
         event_type = self.event_type
         self.emit(0, "def plan(turn, ctx, ns, audience):")
@@ -109,10 +116,11 @@ class _Writer:
             self.skill_rule(skill_rule)
         for token_rule in rb.token_rules_by_type.get(event_type, ()):
             self.token_rule(token_rule)
-        self.paths()
-        self.badges()
-        if len(rb.stages) > 1:
-            self.emit(1, "_evaluate_evolution(turn)")
+        if not rules_only:
+            self.paths()
+            self.badges()
+            if len(rb.stages) > 1:
+                self.emit(1, "_evaluate_evolution(turn)")
         self.emit(1, "return None")
         source = "\n".join(self.lines) + "\n"
         code = compile(source, f"<buddyrules plan {event_type!r} {rb.version}>", "exec")
