@@ -202,6 +202,13 @@ class _Writer:
             )
             self.emit(depth, "if credited < grant:")
             self.emit(depth + 1, "turn.clipped = True")
+            # A used-up total limit is not a clip: the rule no longer applies.
+            spent = (
+                ""
+                if rule.total_limit is None
+                else f" and (usage is None or usage.times < {int(rule.total_limit)})"
+            )
+            self.grant(depth + 1, f"coin_rule:{rule.key}", "True", spent)
             self.emit(depth, "if credited > 0:")
             self.emit(depth + 1, f"_record(turn, {rule.key!r}, usage, credited, ctx)")
             self.emit(depth + 1, f"turn.credit_coins(credited, {rule.reason!r})")
@@ -217,6 +224,12 @@ class _Writer:
         self.emit(depth, f"credited = _max(0, _min(grant, {int(skill.max_value)} - before))")
         self.emit(depth, "if credited < grant:")
         self.emit(depth + 1, "turn.clipped = True")
+        self.grant(
+            depth,
+            f"skill_rule:{rule.key}",
+            "credited < grant",
+            " and (credited > 0 or credited < grant)",
+        )
         self.emit(depth, "if credited > 0:")
         self.emit(
             depth + 1,
@@ -248,6 +261,18 @@ class _Writer:
             )
         self.emit(depth, "if credited < grant:")
         self.emit(depth + 1, "turn.clipped = True")
+        self.grant(depth + 1, f"token_rule:{rule.key}", "True", "")
+
+    def grant(self, depth: int, tag: str, clipped: str, when: str) -> None:
+        """Emit the record of a rule's grant, for a replay that asks for it (``turn.grants``).
+
+        The record is what an ``explain=True`` trace says of the rule (simulate's
+        ``grants_from_trace``): ``(tag, credited, clipped)`` for each coin and token rule
+        whose grant was clipped by a cap or ``max_balance``, and each skill rule that
+        credited or was clipped by ``max_value``.
+        """
+        self.emit(depth, f"if turn.grants is not None{when}:")
+        self.emit(depth + 1, f"turn.grants.append(({tag!r}, credited, {clipped}))")
 
     # -- steps 4-5: paths and badges ----------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from buddyrules.effects import Effects, build_effects, frozen_builder
 from buddyrules.rulebook.compiled import Reward, Rulebook
@@ -120,6 +120,7 @@ class Turn:
         "evolved_to",
         "explain",
         "gates",
+        "grants",
         "ledger",
         "matched",
         "milestones",
@@ -156,6 +157,7 @@ class Turn:
     rule_usage: dict[str, RuleUsage]
     paths: dict[str, PathState]
     gates: tuple[str, ...]
+    grants: list[tuple[str, int, bool]] | None
     decay_applied: dict[str, int]
     stage: int
     evolution_notified: int
@@ -227,6 +229,61 @@ class Turn:
         self.visible = False
         self.ns = {}
         self.dirty = None
+        # A replay's per-rule record, else None (not recorded): see plans.py, _Writer.grant.
+        self.grants = None
+
+    #: The fields that describe one event's changes (not the buddy): :meth:`next_event`
+    #: resets them. ``__init__`` sets the same values inline (it runs once per evaluate).
+    PER_EVENT: ClassVar[tuple[str, ...]] = (
+        "coins_credited",
+        "token_credits",
+        "awarded_now",
+        "ready_now",
+        "milestones",
+        "skill_changes",
+        "streak_changes",
+        "path_changes",
+        "problems",
+        "trace",
+        "ledger",
+        "notifications",
+        "evolution_ready",
+        "evolution_became_ready",
+        "evolved_to",
+        "matched",
+        "clipped",
+        "visible",
+        "_tokens_changed",
+    )
+
+    def next_event(self) -> None:
+        """Start the next event of a replay on this turn (see ``engine/replay.py``).
+
+        The buddy's working copy stays (it was made current by the previous event); what
+        described the previous event's changes starts empty again. ``grants``, when
+        recorded, is emptied too.
+        """
+        self.coins_credited = 0
+        self.token_credits = {}
+        self.awarded_now = []
+        self.ready_now = []
+        self.milestones = []
+        self.skill_changes = {}
+        self.streak_changes = []
+        self.path_changes = []
+        self.problems = []
+        self.trace = []
+        self.ledger = []
+        self.notifications = []
+        self.evolution_ready = False
+        self.evolution_became_ready = False
+        self.evolved_to = None
+        self.matched = False
+        self.clipped = False
+        self.visible = False
+        self._tokens_changed = False
+        if self.grants is not None:
+            self.grants = []
 
     @classmethod
     def start(cls, rulebook: Rulebook, state: BuddyState, *, explain: bool = False) -> Turn:

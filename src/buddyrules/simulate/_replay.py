@@ -11,19 +11,21 @@ import heapq
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from buddyrules.engine.evaluate import evaluate, new_buddy
+from buddyrules.engine.replay import BuddyReplay
+from buddyrules.engine.turn import LedgerEntry
 from buddyrules.errors import ValidationFailed
 from buddyrules.events import Event
 from buddyrules.rulebook import Rulebook, load_rulebook
 from buddyrules.simulate._errors import SimulationInputError
 from buddyrules.simulate._gc import frozen_gc, paused_gc
 from buddyrules.simulate._inputs import ROW_FIELDS, BadLine, Payload, loads
-from buddyrules.simulate._rulestats import RuleProbes, grants_from_trace
+from buddyrules.simulate._rulestats import Grant, grants_from_trace
 from buddyrules.simulate._tally import BuddyOutcome, Tally
 from buddyrules.state import BuddyState
 
@@ -41,7 +43,7 @@ _US = timedelta(microseconds=1)
 #: Microseconds in a day: ``epoch_us // DAY_US`` is the UTC day number.
 DAY_US = 86_400_000_000
 _CACHE_SIZE = 16
-_RULEBOOKS: dict[str, tuple[Rulebook, RuleProbes]] = {}
+_RULEBOOKS: dict[str, Rulebook] = {}
 
 
 def epoch_us(instant: datetime) -> int:
@@ -55,25 +57,24 @@ def remember_rulebook(rulebook: Rulebook) -> None:
         _remember(rulebook)
 
 
-def _remember(rulebook: Rulebook) -> tuple[Rulebook, RuleProbes]:
+def _remember(rulebook: Rulebook) -> Rulebook:
     while len(_RULEBOOKS) >= _CACHE_SIZE:
         _RULEBOOKS.pop(next(iter(_RULEBOOKS)))
-    entry = (rulebook, RuleProbes(rulebook))
-    _RULEBOOKS[rulebook.version] = entry
-    return entry
+    _RULEBOOKS[rulebook.version] = rulebook
+    return rulebook
 
 
-def _rulebook(version: str, document: Mapping[str, Any]) -> tuple[Rulebook, RuleProbes]:
-    entry = _RULEBOOKS.get(version)
-    if entry is None:
+def _rulebook(version: str, document: Mapping[str, Any]) -> Rulebook:
+    rulebook = _RULEBOOKS.get(version)
+    if rulebook is None:
         rulebook = load_rulebook(document)
         if rulebook.version != version:
             raise SimulationInputError(
                 f"rulebook {version} recompiled as {rulebook.version} in a worker",
                 {"version": version},
             )
-        entry = _remember(rulebook)
-    return entry
+        rulebook = _remember(rulebook)
+    return rulebook
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +194,12 @@ def _admit(rulebook: Rulebook, event: Event) -> tuple[str | None, str, str]:
 _Gate = tuple[tuple[str | None, ...], tuple[str, ...], str | None]
 
 
-def _gate(books: list[tuple[Rulebook, RuleProbes]], event: Event) -> _Gate:
+def _gate(books: list[Rulebook], event: Event) -> _Gate:
     """Admission of an (audience, type) pair under each rulebook (cached per shard)."""
     audiences: list[str | None] = []
     codes: list[str] = []
     first_reason: str | None = None
-    for rulebook, _ in books:
+    for rulebook in books:
         audience, code, reason = _admit(rulebook, event)
         audiences.append(audience)
         codes.append(code)
@@ -220,7 +221,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     if task.validate_only or (result.bad and task.on_bad_line == "stop"):
         result.seconds = time.perf_counter() - started
         return result
-    for i, ((rulebook, probes), tally) in enumerate(zip(books, result.tallies, strict=True)):
+    for i, (rulebook, tally) in enumerate(zip(books, result.tallies, strict=True)):
         with paused_gc():
             by_buddy: dict[tuple[str, str], list[tuple[int, Event]]] = {}
             for ts, _, event, audiences in valid:
@@ -236,7 +237,7 @@ def run_shard(task: ShardTask) -> ShardResult:
                 tally.by_type[event_type] = tally.by_type.get(event_type, 0) + n
             initial = {(s.user_id, s.audience): s for s in task.initial_states}
         with frozen_gc():
-            _replay(rulebook, probes, by_buddy, initial, tally, exact=task.exact_rule_stats)
+            _replay(rulebook, by_buddy, initial, tally, exact=task.exact_rule_stats)
         del by_buddy
     result.replayed = True
     result.seconds = time.perf_counter() - started
@@ -244,7 +245,7 @@ def run_shard(task: ShardTask) -> ShardResult:
 
 
 def _validate(
-    task: ShardTask, books: list[tuple[Rulebook, RuleProbes]], result: ShardResult
+    task: ShardTask, books: list[Rulebook], result: ShardResult
 ) -> list[tuple[int, int, Event, tuple[str | None, ...]]]:
     """Decode and check every line; return the valid ones sorted by (instant, line)."""
     tallies = result.tallies
@@ -304,14 +305,20 @@ def _validate(
 
 def _replay(
     rulebook: Rulebook,
-    probes: RuleProbes,
     by_buddy: dict[tuple[str, str], list[tuple[int, Event]]],
     initial: dict[tuple[str, str], BuddyState],
     tally: Tally,
     *,
     exact: bool,
 ) -> None:
-    """Replay each buddy's events in order and add what happened to ``tally``."""
+    """Replay each buddy's events in order and add what happened to ``tally``.
+
+    Each buddy's events run on one :class:`~buddyrules.engine.replay.BuddyReplay`, whose
+    plans record the grants per-rule statistics need (a clipped coin or token grant, a skill
+    rule's credit). With ``exact`` every event is instead evaluated with ``explain=True``
+    from the previous state and read from its trace: the reference the replay is tested
+    against.
+    """
     rules = tally.rules
     problems = tally.problems
     badges_awarded = tally.badges_awarded
@@ -322,7 +329,6 @@ def _replay(
     # Ledger totals by (currency, reason): [entries, amount]; split by source at the end.
     moved: dict[tuple[str, str], list[int]] = {}
     daily_tokens: dict[tuple[int, str], int] = {}
-    probe_of = probes.by_type
     version = rulebook.version
     applied = 0
     traced = 0
@@ -340,86 +346,81 @@ def _replay(
             state = start
         hatched_us = epoch_us(state.hatched_at) if state.hatched_at is not None else None
         coins_earned = 0
+        replay = None if exact else BuddyReplay(rulebook, state, record_grants=True)
+        grants: list[Grant] | None
         for ts, event in events:
-            out = evaluate(rulebook, state, event)
-            effects = out.effects
-            event_type = event.type
+            if replay is not None:
+                turn = replay.apply(event)
+                ledger: Sequence[LedgerEntry] = turn.ledger
+                coins = turn.coins_credited
+                awarded: Sequence[str] = turn.awarded_now
+                ready: Sequence[str] = turn.ready_now
+                reached: Sequence[Mapping[str, Any]] = turn.milestones
+                failed: Sequence[Mapping[str, Any]] = turn.problems
+                grants = turn.grants
+            else:
+                out = evaluate(rulebook, state, event, explain=True)
+                traced += 1
+                effects = out.effects
+                ledger = out.ledger
+                coins = effects.coins
+                awarded = effects.badges_awarded
+                ready = effects.badges_ready
+                reached = effects.streak_milestones
+                failed = effects.problems
+                grants = [
+                    (tag, got, was_clipped)
+                    for tag, got, was_clipped in grants_from_trace(out.trace or ())
+                    if was_clipped or (got and tag.startswith("skill_rule:"))
+                ]
+                state = out.state
             day = ts // DAY_US
-            credits: dict[str, int] = {}
-            for entry in out.ledger:
+            for entry in ledger:
                 currency = entry.currency
-                reason = entry.reason
                 amount = entry.amount
-                mk = (currency, reason)
+                mk = (currency, entry.reason)
                 totals = moved.get(mk)
                 if totals is None:
                     moved[mk] = [1, amount]
                 else:
                     totals[0] += 1
                     totals[1] += amount
-                if amount > 0:
-                    credits[reason] = amount
-                    if currency != "coins":
-                        dk = (day, currency)
-                        daily_tokens[dk] = daily_tokens.get(dk, 0) + amount
-            coins = effects.coins
+                if amount > 0 and currency != "coins":
+                    dk = (day, currency)
+                    daily_tokens[dk] = daily_tokens.get(dk, 0) + amount
             if coins:
                 coins_earned += coins
                 daily_coins[day] = daily_coins.get(day, 0) + coins
-            if effects.badges_awarded:
-                for badge in effects.badges_awarded:
+            if awarded:
+                for badge in awarded:
                     badges_awarded[badge] = badges_awarded.get(badge, 0) + 1
                     if hatched_us is not None:
                         award_seconds.setdefault(badge, []).append((ts - hatched_us) / 1e6)
-            if effects.badges_ready:
-                for badge in effects.badges_ready:
+            if ready:
+                for badge in ready:
                     badges_ready[badge] = badges_ready.get(badge, 0) + 1
-            if effects.streak_milestones:
-                for m in effects.streak_milestones:
+            if reached:
+                for m in reached:
                     ms = (str(m["streak"]), int(m["count"]))
                     milestones[ms] = milestones.get(ms, 0) + 1
-            if effects.problems:
-                for p in effects.problems:
+            if failed:
+                for p in failed:
                     rule = str(p.get("rule"))
                     problems[rule] = problems.get(rule, 0) + 1
-            probe = probe_of.get(event_type)
-            if probe is not None:
+            if grants:
                 # Coin and token rules' credits are in the ledger totals; here: which grants
-                # were clipped, and which skill rule raised which skill.
-                changes = effects.skills
-                deltas = {c["skill"]: c["delta"] for c in changes} if changes else {}
-                clipped = (
-                    None
-                    if exact
-                    else probe.clipped(rulebook, state, out.state, event, audience, credits, deltas)
-                )
-                if clipped is None:
-                    traced += 1
-                    again = evaluate(rulebook, state, event, explain=True)
-                    for tag, got, was_clipped in grants_from_trace(again.trace or ()):
-                        if was_clipped or (got and tag.startswith("skill_rule:")):
-                            counts = rules.get(tag)
-                            if counts is None:
-                                counts = rules[tag] = [0, 0, 0]
-                            if was_clipped:
-                                counts[2] += 1
-                            if got and tag.startswith("skill_rule:"):
-                                counts[0] += 1
-                                counts[1] += got
-                else:
-                    for tag in clipped:
-                        counts = rules.get(tag)
-                        if counts is None:
-                            counts = rules[tag] = [0, 0, 0]
+                # were clipped, and what each skill rule raised.
+                for tag, got, was_clipped in grants:
+                    counts = rules.get(tag)
+                    if counts is None:
+                        counts = rules[tag] = [0, 0, 0]
+                    if was_clipped:
                         counts[2] += 1
-                    for skill, delta in deltas.items():
-                        tag = probe.skill_tags[skill]
-                        counts = rules.get(tag)
-                        if counts is None:
-                            counts = rules[tag] = [0, 0, 0]
+                    if got and tag.startswith("skill_rule:"):
                         counts[0] += 1
-                        counts[1] += delta
-            state = out.state
+                        counts[1] += got
+        if replay is not None:
+            state = replay.state()
         applied += len(events)
         tally.buddies.append(
             BuddyOutcome(

@@ -69,8 +69,9 @@ def simulate(
 
     ``progress(done, total)`` is called with events replayed so far (``True`` draws a
     progress bar on stderr). ``top_n`` bounds the list of most-changed buddies.
-    ``exact_rule_stats`` traces every event for the per-rule clipping counts instead of
-    inferring them (slower; the results are the same).
+    ``exact_rule_stats`` evaluates every event with ``explain=True`` and reads the per-rule
+    statistics from its trace, instead of the records the replay makes as it goes (slower;
+    the results are the same: it is the reference the replay is tested against).
 
     Raises :class:`BadEventLine` (above), :class:`SimulationInputError` for an unusable
     input (unknown extension, bad CSV header, malformed JSON array, a bad initial state or
