@@ -3,8 +3,9 @@
 Reading a log and validating a shard create a million long-lived objects in a row; the
 cyclic collector would traverse them again and again while they accumulate (for no garbage:
 nothing in them is cyclic), which more than triples the cost of those phases. Pausing it for
-those phases, and freezing what they built while the replay runs, removes that cost; the
-collector is re-enabled (if it was enabled) as soon as the phase ends.
+those phases removes that cost; the collector is re-enabled (if it was enabled) as soon as
+the phase ends. A shard also freezes what it built (``gc.freeze``) before the collector is
+back, so that the replay's collections never traverse its events (see ``run_shard``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["frozen_gc", "paused_gc"]
+__all__ = ["paused_gc"]
 
 
 @contextmanager
@@ -26,13 +27,3 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-@contextmanager
-def frozen_gc() -> Iterator[None]:
-    """Move every object alive now out of the collector's sight for the block."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()

@@ -7,10 +7,10 @@ compiles a rulebook once and keeps it for later shards.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import time
 from array import array
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +23,7 @@ from buddyrules.errors import ValidationFailed
 from buddyrules.events import Event
 from buddyrules.rulebook import Rulebook, load_rulebook
 from buddyrules.simulate._errors import SimulationInputError
-from buddyrules.simulate._gc import frozen_gc, paused_gc
+from buddyrules.simulate._gc import paused_gc
 from buddyrules.simulate._inputs import ROW_FIELDS, BadLine, Payload, loads
 from buddyrules.simulate._rulestats import Grant, grants_from_trace
 from buddyrules.simulate._tally import BuddyOutcome, Tally
@@ -216,43 +216,77 @@ def run_shard(task: ShardTask) -> ShardResult:
     books = [_rulebook(version, doc) for version, doc in task.rulebooks]
     result = ShardResult(task.index, task.size)
     result.tallies = [Tally() for _ in books]
+    initial = {(s.user_id, s.audience): s for s in task.initial_states}
+    # The shard's events are built, grouped and then frozen with the collector paused: were
+    # it re-enabled before the freeze, its first collection would traverse all of them.
     with paused_gc():
-        valid = _validate(task, books, result)
-    if task.validate_only or (result.bad and task.on_bad_line == "stop"):
-        result.seconds = time.perf_counter() - started
-        return result
-    for i, (rulebook, tally) in enumerate(zip(books, result.tallies, strict=True)):
-        with paused_gc():
-            by_buddy: dict[tuple[str, str], list[tuple[int, Event]]] = {}
-            for ts, _, event, audiences in valid:
-                audience = audiences[i]
-                if audience is not None:
-                    bucket = by_buddy.get((event.user_id, audience))
-                    if bucket is None:
-                        by_buddy[(event.user_id, audience)] = [(ts, event)]
-                    else:
-                        bucket.append((ts, event))
-            types = Counter(e[1].type for b in by_buddy.values() for e in b)
-            for event_type, n in types.items():
-                tally.by_type[event_type] = tally.by_type.get(event_type, 0) + n
-            initial = {(s.user_id, s.audience): s for s in task.initial_states}
-        with frozen_gc():
-            _replay(rulebook, by_buddy, initial, tally, exact=task.exact_rule_stats)
-        del by_buddy
+        valid, counts = _validate(task, books, result)
+        if task.validate_only or (result.bad and task.on_bad_line == "stop"):
+            result.seconds = time.perf_counter() - started
+            return result
+        groups = _group(valid, counts, len(books))
+        del valid
+        gc.freeze()
+    try:
+        for i, (rulebook, tally) in enumerate(zip(books, result.tallies, strict=True)):
+            for audiences, per_type in counts.items():
+                if audiences[i] is not None:
+                    for event_type, n in per_type.items():
+                        tally.by_type[event_type] = tally.by_type.get(event_type, 0) + n
+            _replay(rulebook, groups[i], initial, tally, exact=task.exact_rule_stats)
+    finally:
+        gc.unfreeze()
     result.replayed = True
     result.seconds = time.perf_counter() - started
     return result
 
 
+_Groups = dict[tuple[str, str], list[tuple[int, Event]]]
+
+
+def _group(
+    valid: list[tuple[int, int, Event, tuple[str | None, ...]]],
+    counts: Mapping[tuple[str | None, ...], Mapping[str, int]],
+    books: int,
+) -> list[_Groups]:
+    """Per rulebook: each buddy's (instant, event) pairs in replay order.
+
+    What each rulebook admits is decided per (audience, type) gate. When every gate gives
+    every rulebook the same buddy audience (the usual case), one grouping serves them all.
+    """
+    uniform = all(len(set(audiences)) == 1 for audiences in counts)
+    groups: list[_Groups] = []
+    for i in range(books):
+        if uniform and groups:
+            groups.append(groups[0])
+            continue
+        by_buddy: _Groups = {}
+        for ts, _, event, audiences in valid:
+            audience = audiences[i]
+            if audience is not None:
+                bucket = by_buddy.get((event.user_id, audience))
+                if bucket is None:
+                    by_buddy[(event.user_id, audience)] = [(ts, event)]
+                else:
+                    bucket.append((ts, event))
+        groups.append(by_buddy)
+    return groups
+
+
 def _validate(
     task: ShardTask, books: list[Rulebook], result: ShardResult
-) -> list[tuple[int, int, Event, tuple[str | None, ...]]]:
-    """Decode and check every line; return the valid ones sorted by (instant, line)."""
+) -> tuple[
+    list[tuple[int, int, Event, tuple[str | None, ...]]],
+    dict[tuple[str | None, ...], dict[str, int]],
+]:
+    """Decode and check every line; return the valid ones sorted by (instant, line), and
+    how many valid events of each type each admission (audience per rulebook) let in."""
     tallies = result.tallies
     seen: dict[tuple[str, str], tuple[Event, int]] = {}
     gates: dict[tuple[str | None, str], _Gate] = {}
     # (utc microseconds, line, event, audience per rulebook or None)
     valid: list[tuple[int, int, Event, tuple[str | None, ...]]] = []
+    counts: dict[tuple[str | None, ...], dict[str, int]] = {}
     for line, payload in task.lines():
         try:
             event = _decode(payload)
@@ -298,9 +332,13 @@ def _validate(
                 if audience is None:
                     tally.rejected[code] = tally.rejected.get(code, 0) + 1
         valid.append((epoch_us(event.occurred_at), line, event, audiences))
+        per_type = counts.get(audiences)
+        if per_type is None:
+            per_type = counts[audiences] = {}
+        per_type[event.type] = per_type.get(event.type, 0) + 1
 
     valid.sort()  # by (instant, line); lines are unique, so events are never compared
-    return valid
+    return valid, counts
 
 
 def _replay(
