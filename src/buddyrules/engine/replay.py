@@ -16,6 +16,7 @@ event.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from buddyrules.engine.context import EventContext
@@ -42,6 +43,8 @@ class BuddyReplay:
         "_audience",
         "_awarded",
         "_base",
+        "_ctx",
+        "_event_ns",
         "_last",
         "_plans",
         "_rulebook",
@@ -65,10 +68,17 @@ class BuddyReplay:
         # event ended with it non-zero (Turn.finish), so a replay tracks the same.
         self._tokens = set(state.tokens)
         turn = Turn(rulebook, state, False)
-        turn.build_namespace(
-            {"type": "", "audience": self._audience, "user_id": state.user_id, "properties": {}},
-            self._audience,
-        )
+        # The event part of the namespace, as evaluate builds it (same keys, same order),
+        # kept and updated in place: the user and audience are the buddy's for every event.
+        event_ns: dict[str, Any] = {"type": "", "audience": self._audience}
+        event_ns["user_id"] = state.user_id
+        if self._with_time:
+            event_ns["occurred_at"] = ""
+        event_ns["properties"] = {}
+        self._event_ns = event_ns
+        turn.build_namespace(event_ns, self._audience)
+        # One context, updated per event (nothing keeps a context past its event).
+        self._ctx = EventContext("", self._audience, datetime.min.replace(tzinfo=UTC), 1)
         if record_grants:
             turn.grants = []
         self._turn = turn
@@ -100,20 +110,19 @@ class BuddyReplay:
             turn.next_event()
         event_type = event.type
         ns = turn.ns
-        # The event part of the namespace, as evaluate builds it.
-        event_ns = {
-            "type": event_type,
-            "audience": audience,
-            "user_id": event.user_id,
-            "properties": event.properties,
-        }
+        event_ns = self._event_ns
+        event_ns["type"] = event_type
         if self._with_time:
             event_ns["occurred_at"] = occurred_at.isoformat()
-        ns["event"] = event_ns
-        ns["props"] = event.properties
-        ctx = EventContext(
-            event_type, audience, occurred_at, occurred_at.astimezone(self._tz).toordinal()
-        )
+        props = event.properties
+        event_ns["properties"] = props
+        ns["props"] = props
+        ctx = self._ctx
+        ctx.type = event_type
+        ctx.occurred_at = occurred_at
+        day = occurred_at.astimezone(self._tz).toordinal()
+        ctx.day = day
+        ctx.week = (day - 1) // 7  # as EventContext computes it
         counters = turn.counters
         counters[event_type] = counters.get(event_type, 0) + 1
         plan = self._plans.get(event_type)
@@ -130,9 +139,11 @@ class BuddyReplay:
             self._awarded.extend(turn.awarded_now)
         if turn._tokens_changed:
             kept = self._tokens
-            for key, value in turn.tokens.items():
-                if value:
-                    kept.add(key)
+            tokens = turn.tokens
+            if len(kept) < len(tokens):  # once every key is kept, nothing more to track
+                for key, value in tokens.items():
+                    if value:
+                        kept.add(key)
         return turn
 
     def state(self) -> BuddyState:

@@ -365,7 +365,9 @@ def _replay(
     milestones = tally.milestones
     daily_coins = tally.daily_coins
     # Ledger totals by (currency, reason): [entries, amount]; split by source at the end.
+    # Coins (most entries) are kept by reason alone, to build no key per entry.
     moved: dict[tuple[str, str], list[int]] = {}
+    moved_coins: dict[str, list[int]] = {}
     daily_tokens: dict[tuple[int, str], int] = {}
     version = rulebook.version
     applied = 0
@@ -413,17 +415,23 @@ def _replay(
                 ]
                 state = out.state
             day = ts // DAY_US
-            for entry in ledger:
-                currency = entry.currency
-                amount = entry.amount
-                mk = (currency, entry.reason)
+            for currency, amount, _, reason in ledger:
+                if currency == "coins":
+                    totals = moved_coins.get(reason)
+                    if totals is None:
+                        moved_coins[reason] = [1, amount]
+                    else:
+                        totals[0] += 1
+                        totals[1] += amount
+                    continue
+                mk = (currency, reason)
                 totals = moved.get(mk)
                 if totals is None:
                     moved[mk] = [1, amount]
                 else:
                     totals[0] += 1
                     totals[1] += amount
-                if amount > 0 and currency != "coins":
+                if amount > 0:
                     dk = (day, currency)
                     daily_tokens[dk] = daily_tokens.get(dk, 0) + amount
             if coins:
@@ -476,6 +484,8 @@ def _replay(
         )
     tally.applied += applied
     tally.traced += traced
+    for reason, totals in moved_coins.items():
+        moved[("coins", reason)] = totals
     _settle_ledger(tally, moved, daily_tokens)
 
 
