@@ -10,18 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import buddyrules as br
-from buddyrules.simulate import (
-    BadEventLine,
-    MissingDependency,
-    SimulationInputError,
-    _inputs,
-    simulate,
-)
-from buddyrules.simulate._inputs import _user_key, quick_user
+from buddyrules.simulate import BadEventLine, MissingDependency, SimulationInputError, simulate
 
 from .helpers import language, make_events
 
@@ -249,64 +240,3 @@ def test_json_validity_does_not_depend_on_orjson(tmp_path: Path) -> None:
     report = simulate(path, baseline=language(), workers=1, on_bad_line="skip")
     assert [(b.line, b.code) for b in report.bad_lines] == [(1, "validation_failed")]
     assert report.baseline.summary["events"]["applied"] == 1
-
-
-# -- routing JSONL lines by a quick look at their user ----------------------------------------
-
-_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(st.sampled_from(["user_id", "userId", "type", "x"]), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-
-
-@given(
-    st.dictionaries(
-        st.sampled_from(["user_id", "userId", "type", "properties", "note"]),
-        _json_values | st.text(alphabet='ab\\"é :{}', max_size=6),
-        max_size=5,
-    ),
-    st.booleans(),
-)
-def test_quick_user_is_the_parsed_user_or_an_event_that_has_none(
-    data: dict[str, Any], ascii_only: bool
-) -> None:
-    line = json.dumps(data, ensure_ascii=ascii_only).encode("utf-8")
-    quick = quick_user(line)
-    parsed = _user_key(json.loads(line))
-    # Either undecided, or the user the full parse finds, or the line has no top-level
-    # user (the worker rejects it wherever it is routed).
-    assert quick is None or quick == parsed or parsed == "", (line, quick, parsed)
-    # And it decides the plain case: one string user_id, no userId, no escapes.
-    if (
-        isinstance(data.get("user_id"), str)
-        and b'"userId"' not in line
-        and b"\\" not in line
-        and line.count(b'"user_id"') == 1
-    ):
-        assert quick == data["user_id"]
-
-
-def test_quick_routing_gives_the_report_full_parsing_gives(
-    tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path, expected = _bad_log(tmp_path, events)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    tricky = [
-        json.dumps(dict(events[12], properties={"user_id": "someone_else"})),  # nested key
-        json.dumps(dict(events[13], note='caf\u00e9 \\ "q"')),  # escapes: parsed
-        '{"properties": {"user_id": "u9"}, "type": "quiz_passed"}',  # no top-level user
-        '{"user_id": "u',  # not JSON, key present
-    ]
-    path.write_text("\n".join([*lines, *tricky]) + "\n", encoding="utf-8")
-    quick = simulate(path, baseline=language(), on_bad_line="skip", workers=2)
-    monkeypatch.setattr(_inputs, "quick_user", lambda line: None)
-    full = simulate(path, baseline=language(), on_bad_line="skip", workers=2)
-    assert quick.to_dict(include_buddies=True) == full.to_dict(include_buddies=True)
-    assert [(b.line, b.code, b.reason) for b in quick.bad_lines] == [
-        (b.line, b.code, b.reason) for b in full.bad_lines
-    ]
-    assert [(b.line, b.code) for b in quick.bad_lines][: len(expected)] == expected

@@ -194,52 +194,11 @@ def _read_path(path: Path, *, keep_raw: bool) -> Iterator[tuple[int, Payload | B
             raise SimulationInputError(f"{path}: cannot read: {exc}", {"path": str(path)}) from exc
 
 
-_USER_ID_KEY = b'"user_id"'
-
-
-def quick_user(line: bytes) -> str | None:
-    """The top-level ``user_id`` of a JSONL line found without parsing it, or None.
-
-    Routing a line to its shard needs only its user; parsing it is the worker's job (it
-    reports a line that is not valid JSON, or not an object, exactly as the reader would).
-    The answer is given only when it is certain: the line holds no backslash (no escaped
-    key can spell ``user_id``), no ``"userId"``, and ``"user_id"`` exactly once, followed by
-    a colon and a plain string. If that one occurrence is not the top-level key, the event
-    has no top-level user and is rejected wherever it is routed. Anything else: None, and
-    the caller parses the line.
-    """
-    if b"\\" in line or line.count(_USER_ID_KEY) != 1 or b'"userId"' in line:
-        return None
-    at = line.index(_USER_ID_KEY) + len(_USER_ID_KEY)
-    end = len(line)
-    while at < end and line[at] in b" \t\r\n":
-        at += 1
-    if at >= end or line[at] != 0x3A:  # ':'
-        return None
-    at += 1
-    while at < end and line[at] in b" \t\r\n":
-        at += 1
-    if at >= end or line[at] != 0x22:  # '"'
-        return None
-    close = line.find(b'"', at + 1)
-    if close < 0:
-        return None
-    try:
-        return line[at + 1 : close].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 def _read_jsonl(fh: IO[bytes], *, keep_raw: bool) -> Iterator[tuple[int, Payload | BadLine, str]]:
     for n, raw in enumerate(fh, 1):
         line = raw.strip()
         if not line:
             continue
-        if keep_raw:
-            user = quick_user(line)
-            if user is not None:
-                yield n, line, user
-                continue
         try:
             data = loads(line)
         except _JSON_ERRORS as exc:
