@@ -38,7 +38,7 @@ def _changes(turn: Turn) -> dict[str, Any]:
         "paths": tuple(turn.path_changes),
         "problems": tuple(turn.problems),
         "ledger": tuple(turn.ledger),
-        "notifications": tuple(turn.notifications),
+        "notifications": None if turn.notifications is None else tuple(turn.notifications),
     }
 
 
@@ -76,6 +76,7 @@ def test_a_replay_equals_a_chain_of_evaluate_calls(history: History) -> None:
     events = [Event.coerce(s.event) for s in history.steps if s.event is not None]
     start = history.hatch()
     replay = BuddyReplay(rulebook, start, record_grants=True)
+    quiet = BuddyReplay(rulebook, start, notifications=False)
     state = start
     for event in events:
         out = br.evaluate(rulebook, state, event)
@@ -83,9 +84,13 @@ def test_a_replay_equals_a_chain_of_evaluate_calls(history: History) -> None:
         turn = replay.apply(event)
         assert _changes(turn) == _expected(out)
         assert turn.grants == _recorded(traced)
+        silent = quiet.apply(event)
+        assert silent.notifications is None and silent.grants is None
+        assert {**_changes(silent), "notifications": out.notifications} == _expected(out)
         state = out.state
     assert replay.state().model_dump_json() == state.model_dump_json()
     assert replay.state() == state
+    assert quiet.state().model_dump_json() == state.model_dump_json()
 
 
 def test_the_state_can_be_read_between_events_without_disturbing_the_replay() -> None:

@@ -36,6 +36,8 @@ class BuddyReplay:
 
     ``record_grants`` makes each event's turn list the grants an ``explain=True`` trace
     reports (``turn.grants``: clipped coin and token rules, crediting skill rules).
+    ``notifications=False`` builds no outbox notifications (``turn.notifications`` is None):
+    a simulation sends none.
     """
 
     __slots__ = (
@@ -54,7 +56,14 @@ class BuddyReplay:
         "_with_time",
     )
 
-    def __init__(self, rulebook: Rulebook, state: BuddyState, *, record_grants: bool = False):
+    def __init__(
+        self,
+        rulebook: Rulebook,
+        state: BuddyState,
+        *,
+        record_grants: bool = False,
+        notifications: bool = True,
+    ):
         self._rulebook = rulebook
         self._base = state
         self._audience = state.audience
@@ -81,6 +90,8 @@ class BuddyReplay:
         self._ctx = EventContext("", self._audience, datetime.min.replace(tzinfo=UTC), 1)
         if record_grants:
             turn.grants = []
+        if not notifications:
+            turn.notifications = None  # what would be sent is not built at all
         self._turn = turn
 
     def apply(self, event: Event) -> Turn:

@@ -172,7 +172,7 @@ class Turn:
     problems: list[dict[str, Any]]
     trace: list[dict[str, Any]]
     ledger: list[LedgerEntry]
-    notifications: list[Notification]
+    notifications: list[Notification] | None
     evolution_ready: bool
     evolution_became_ready: bool
     evolved_to: int | None
@@ -261,7 +261,7 @@ class Turn:
 
         The buddy's working copy stays (it was made current by the previous event); what
         described the previous event's changes starts empty again. ``grants``, when
-        recorded, is emptied too.
+        recorded, is emptied too; ``notifications`` stays None if the replay asked for none.
         """
         self.coins_credited = 0
         self.token_credits = {}
@@ -274,7 +274,8 @@ class Turn:
         self.problems = []
         self.trace = []
         self.ledger = []
-        self.notifications = []
+        if self.notifications is not None:
+            self.notifications = []
         self.evolution_ready = False
         self.evolution_became_ready = False
         self.evolved_to = None
@@ -357,8 +358,13 @@ class Turn:
         self.gates = (*self.gates, key)
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
-        """Queue an outbox notification (written by the service after commit)."""
-        self.notifications.append(_tuple_new(Notification, (kind, payload)))
+        """Queue an outbox notification (written by the service after commit).
+
+        ``notifications`` is None on a replay that asked for none (``engine/replay.py``).
+        """
+        notifications = self.notifications
+        if notifications is not None:
+            notifications.append(_tuple_new(Notification, (kind, payload)))
 
     # -- money ---------------------------------------------------------------------------
 
@@ -374,12 +380,14 @@ class Turn:
         if ns:
             ns["coins"] = coins
         self.ledger.append(_tuple_new(LedgerEntry, ("coins", amount, coins, reason)))
-        self.notifications.append(
-            _tuple_new(
-                Notification,
-                ("coins.earned", {"amount": amount, "balance": coins, "reason": reason}),
+        notifications = self.notifications
+        if notifications is not None:
+            notifications.append(
+                _tuple_new(
+                    Notification,
+                    ("coins.earned", {"amount": amount, "balance": coins, "reason": reason}),
+                )
             )
-        )
 
     def debit_coins(self, amount: int, reason: str) -> None:
         """Debit coins; the caller has checked the balance."""
@@ -411,15 +419,17 @@ class Turn:
         credits[key] = credits.get(key, 0) + amount
         self.visible = True
         self.ledger.append(_tuple_new(LedgerEntry, (f"token:{key}", amount, balance, reason)))
-        self.notifications.append(
-            _tuple_new(
-                Notification,
-                (
-                    "token.earned",
-                    {"token": key, "amount": amount, "balance": balance, "reason": reason},
-                ),
+        notifications = self.notifications
+        if notifications is not None:
+            notifications.append(
+                _tuple_new(
+                    Notification,
+                    (
+                        "token.earned",
+                        {"token": key, "amount": amount, "balance": balance, "reason": reason},
+                    ),
+                )
             )
-        )
         return amount
 
     def debit_token(self, key: str, amount: int, reason: str) -> None:
@@ -632,4 +642,6 @@ class Turn:
             self.rulebook.version,
             trace,
         )
-        return _build_outcome(state, effects, trace, tuple(self.ledger), tuple(self.notifications))
+        return _build_outcome(
+            state, effects, trace, tuple(self.ledger), tuple(self.notifications or ())
+        )

@@ -386,7 +386,9 @@ def _replay(
             state = start
         hatched_us = epoch_us(state.hatched_at) if state.hatched_at is not None else None
         coins_earned = 0
-        replay = None if exact else BuddyReplay(rulebook, state, record_grants=True)
+        replay = (
+            None if exact else BuddyReplay(rulebook, state, record_grants=True, notifications=False)
+        )
         grants: list[Grant] | None
         for ts, event in events:
             if replay is not None:
