@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import buddyrules as br
 from buddyrules import BuddyState, Outcome
@@ -140,3 +141,36 @@ def test_keys_are_written_as_literals() -> None:
     assert out.ledger[0].reason == "rule:x-y"
     assert out.effects.badges_awarded == ("b-1",)
     assert out.state.rule_usage["x-y"].day_total == 1
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.sampled_from(["lesson", "quiz"])), max_size=40))
+def test_caps_under_late_events_match_the_interpreter(arrivals: list[tuple[int, str]]) -> None:
+    # Events in any order (late ones included: an earlier day or week than the last
+    # credit), against daily and weekly caps and a total limit, written out by the plans.
+    rulebook = _CAPPED
+    a = b = br.new_buddy(rulebook, "u1")
+    outs_a, outs_b = [], []
+    for n, (day, type_) in enumerate(arrivals):
+        event = {"type": type_, "user_id": "u1", "occurred_at": at(days=day, hours=n % 5)}
+        oa = br.evaluate(rulebook, a, event)
+        ob = br.evaluate(rulebook, b, event, explain=True)
+        outs_a.append(oa)
+        outs_b.append(ob)
+        a, b = oa.state, ob.state
+    _same(outs_a, outs_b, a, b)
+
+
+_CAPPED = make_rulebook(
+    tokens=[{"key": "gems", "kind": "primary", "max_balance": 40}],
+    coin_rules=[
+        {"key": "daily", "event": "lesson", "amount": 4, "daily_cap": 10},
+        {"key": "weekly", "event": "lesson", "amount": 7, "weekly_cap": 30},
+        {"key": "both", "event": "quiz", "amount": 6, "daily_cap": 9, "weekly_cap": 20},
+        {"key": "limited", "event": "quiz", "amount": 5, "total_limit": 3, "daily_cap": 8},
+        {"key": "once", "event": "lesson", "amount": 50, "total_limit": 2},
+    ],
+    token_rules=[
+        {"key": "g_day", "event": "quiz", "token": "gems", "amount": 3, "daily_cap": 5},
+        {"key": "g_week", "event": "lesson", "token": "gems", "amount": 4, "weekly_cap": 9},
+    ],
+)

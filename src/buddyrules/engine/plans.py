@@ -8,12 +8,14 @@ person would write by hand for exactly those rules: a rule without a condition h
 literal amount is a constant, a badge without prerequisites checks none, and so on.
 
 The generated code calls the same :class:`~buddyrules.engine.turn.Turn` methods (every coin,
-token, skill, badge and notification still goes through them) and the same cap arithmetic
-(:func:`~buddyrules.engine.caps.clip`, :func:`~buddyrules.engine.caps.record`), so a plan
-gives exactly what the interpreter gives; ``tests/engine/test_plans.py`` checks that on every
-example rulebook and on generated histories. The interpreter is still what runs with
-``explain=True`` (the trace needs every reason) and when the incremental badge and path
-passes are in use (a rulebook with many skippable conditions, see ``rulebook/_deps.py``).
+token, skill, badge and notification still goes through them). The cap arithmetic of
+:func:`~buddyrules.engine.caps.clip` and :func:`~buddyrules.engine.caps.record` is written
+out with the rule's caps as constants (a change there must be made in ``_Writer.clip`` and
+``_Writer.record`` too). A plan gives exactly what the interpreter gives:
+``tests/engine/test_engine_plans.py`` checks that on every example rulebook and on generated
+histories. The interpreter is still what runs with ``explain=True`` (the trace needs every
+reason); a rulebook whose badge and path passes are incremental (many skippable conditions,
+see ``rulebook/_deps.py``) runs a rules-only plan, then the incremental passes.
 
 Only constants chosen here go into the source: keys and reasons as ``repr`` literals, numbers
 as ints, and everything else (conditions, rewards, rule objects) as names bound in the
@@ -27,7 +29,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from buddyrules.engine.caps import clip, record
 from buddyrules.engine.context import EventContext
 from buddyrules.engine.evolution import evaluate_evolution
 from buddyrules.engine.paths import _advance_path
@@ -43,6 +44,7 @@ from buddyrules.rulebook.compiled import (
     Streak,
     TokenRule,
 )
+from buddyrules.state import trusted_usage
 
 __all__ = ["Plan", "plan_for"]
 
@@ -82,8 +84,8 @@ class _Writer:
         self.lines: list[str] = []
         self.globals: dict[str, Any] = {
             "__builtins__": {},
-            "_clip": clip,
-            "_record": record,
+            "_usage": trusted_usage,
+            "_dict": dict,
             "_amount": _amount,
             "_floor": math.floor,
             "_max": max,
@@ -195,11 +197,7 @@ class _Writer:
             depth += 1
         if rule.limited:
             self.emit(depth, f"usage = turn.rule_usage.get({rule.key!r})")
-            self.emit(
-                depth,
-                f"credited, _ = _clip(usage, grant, ctx, {rule.daily_cap!r}, "
-                f"{rule.weekly_cap!r}, {rule.total_limit!r})",
-            )
+            self.clip(depth, rule.daily_cap, rule.weekly_cap, rule.total_limit)
             self.emit(depth, "if credited < grant:")
             self.emit(depth + 1, "turn.clipped = True")
             # A used-up total limit is not a clip: the rule no longer applies.
@@ -210,7 +208,7 @@ class _Writer:
             )
             self.grant(depth + 1, f"coin_rule:{rule.key}", "True", spent)
             self.emit(depth, "if credited > 0:")
-            self.emit(depth + 1, f"_record(turn, {rule.key!r}, usage, credited, ctx)")
+            self.record(depth + 1, rule.key)
             self.emit(depth + 1, f"turn.credit_coins(credited, {rule.reason!r})")
         else:
             self.emit(depth, f"turn.credit_coins(grant, {rule.reason!r})")
@@ -245,16 +243,12 @@ class _Writer:
         depth += 1
         if rule.limited:
             self.emit(depth, f"usage = turn.rule_usage.get({rule.key!r})")
-            self.emit(
-                depth,
-                f"credited, _ = _clip(usage, grant, ctx, {rule.daily_cap!r}, "
-                f"{rule.weekly_cap!r}, None)",
-            )
+            self.clip(depth, rule.daily_cap, rule.weekly_cap, None)
             self.emit(depth, "if credited > 0:")
             credit = f"turn.credit_token({rule.token!r}, credited, {rule.reason!r})"
             self.emit(depth + 1, f"credited = {credit}")
             self.emit(depth + 1, "if credited > 0:")
-            self.emit(depth + 2, f"_record(turn, {rule.key!r}, usage, credited, ctx)")
+            self.record(depth + 2, rule.key)
         else:
             self.emit(
                 depth, f"credited = turn.credit_token({rule.token!r}, grant, {rule.reason!r})"
@@ -262,6 +256,70 @@ class _Writer:
         self.emit(depth, "if credited < grant:")
         self.emit(depth + 1, "turn.clipped = True")
         self.grant(depth + 1, f"token_rule:{rule.key}", "True", "")
+
+    def clip(
+        self, depth: int, daily_cap: int | None, weekly_cap: int | None, total_limit: int | None
+    ) -> None:
+        """Emit ``credited = grant`` clipped by the rule's caps and total limit (``usage``
+        holds the rule's usage before this grant): :func:`caps.clip` for these caps."""
+        self.emit(depth, "credited = grant")
+        self.emit(depth, "if usage is None:")  # nothing credited yet: only a cap clips
+        for cap in (daily_cap, weekly_cap):
+            if cap is not None:
+                self.emit(depth + 1, f"if credited > {int(cap)}:")
+                self.emit(depth + 2, f"credited = {int(cap)}")
+        if daily_cap is None and weekly_cap is None:
+            self.emit(depth + 1, "pass")
+        if total_limit is not None:
+            self.emit(depth, f"elif usage.times >= {int(total_limit)}:")
+            self.emit(depth + 1, "credited = 0")
+        if daily_cap is None and weekly_cap is None:
+            return
+        self.emit(depth, "else:")
+        for cap, last, total, now in (
+            (daily_cap, "usage.day", "usage.day_total", "ctx.day"),
+            (weekly_cap, "usage.week", "usage.week_total", "ctx.week"),
+        ):
+            if cap is None:
+                continue
+            # caps._used: nothing used in a later period, the total in the same one, and a
+            # late event (an earlier period) counts as capped.
+            self.emit(depth + 1, f"last = {last}")
+            self.emit(depth + 1, f"if last is None or {now} > last:")
+            self.emit(depth + 2, f"room = {int(cap)}")
+            self.emit(depth + 1, f"elif {now} == last:")
+            self.emit(depth + 2, f"room = _max(0, {int(cap)} - {total})")
+            self.emit(depth + 1, "else:")
+            self.emit(depth + 2, "room = 0")
+            self.emit(depth + 1, "if credited > room:")
+            self.emit(depth + 2, "credited = room")
+
+    def record(self, depth: int, key: str) -> None:
+        """Emit :func:`caps.record` of ``credited`` for the rule ``key`` (``usage`` before)."""
+        self.emit(depth, "u_day = ctx.day")
+        self.emit(depth, "u_week = ctx.week")
+        self.emit(depth, "if usage is None:")
+        self.emit(depth + 1, "u_day_total = u_week_total = credited")
+        self.emit(depth + 1, "u_times = 1")
+        self.emit(depth, "else:")
+        for period, total in (("u_day", "usage.day_total"), ("u_week", "usage.week_total")):
+            field = period[2:]
+            self.emit(depth + 1, f"last = usage.{field}")
+            self.emit(depth + 1, f"if last is None or {period} > last:")
+            self.emit(depth + 2, f"{period}_total = credited")
+            self.emit(depth + 1, f"elif {period} == last:")
+            self.emit(depth + 2, f"{period}_total = {total} + credited")
+            self.emit(depth + 1, "else:")  # a late event never rewinds the latest period
+            self.emit(depth + 2, f"{period}, {period}_total = last, {total}")
+        self.emit(depth + 1, "u_times = usage.times + 1")
+        self.emit(depth, "if not turn._usage_owned:")
+        self.emit(depth + 1, "turn.rule_usage = _dict(turn.rule_usage)")
+        self.emit(depth + 1, "turn._usage_owned = True")
+        self.emit(
+            depth,
+            f"turn.rule_usage[{key!r}] = _usage({{'day': u_day, 'day_total': u_day_total, "
+            "'week': u_week, 'week_total': u_week_total, 'times': u_times})",
+        )
 
     def grant(self, depth: int, tag: str, clipped: str, when: str) -> None:
         """Emit the record of a rule's grant, for a replay that asks for it (``turn.grants``).
