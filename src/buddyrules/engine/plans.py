@@ -31,7 +31,7 @@ from typing import Any
 
 from buddyrules.engine.context import EventContext
 from buddyrules.engine.evolution import evaluate_evolution
-from buddyrules.engine.paths import _advance_path
+from buddyrules.engine.paths import _NO_PROGRESS
 from buddyrules.engine.rules import _amount
 from buddyrules.engine.streaks import apply_streaks
 from buddyrules.engine.turn import Turn
@@ -39,12 +39,13 @@ from buddyrules.rulebook.compiled import (
     Amount,
     Badge,
     CoinRule,
+    Path,
     Rulebook,
     SkillRule,
     Streak,
     TokenRule,
 )
-from buddyrules.state import trusted_usage
+from buddyrules.state import trusted_path, trusted_usage
 
 __all__ = ["Plan", "plan_for"]
 
@@ -93,7 +94,8 @@ class _Writer:
             "_range": range,
             "_set": set,
             "_apply_streaks": apply_streaks,
-            "_advance_path": _advance_path,
+            "_path": trusted_path,
+            "_len": len,
             "_evaluate_evolution": evaluate_evolution,
         }
 
@@ -340,7 +342,92 @@ class _Writer:
             if path.audience is not None:
                 self.emit(depth, f"if audience == {path.audience!r}:")
                 depth += 1
-            self.emit(depth, f"_advance_path(turn, {self.bind(path)})")
+            self.path(depth, path)
+
+    def test(self, depth: int, expr: Any, where: str) -> None:
+        """Emit ``ok = <expr holds>``, recording a failure as a problem of ``where``."""
+        self.emit(depth, f"ok, problem = {self.bind(expr.test)}(ns)")
+        self.emit(depth, "if problem is not None:")
+        self.emit(depth + 1, f"turn.problem({where!r}, problem)")
+
+    def path(self, depth: int, path: Path) -> None:
+        """``paths._advance_path`` (untraced) written out for one path's steps."""
+        pk = path.key
+        self.emit(depth, f"st = turn.paths.get({pk!r})")
+        self.emit(depth, "if st is None:")
+        self.emit(depth + 1, f"st = {self.bind(_NO_PROGRESS)}")
+        self.emit(depth, "unlocked, completed, done = st.unlocked, st.completed, st.sub_steps_done")
+        self.emit(depth, f"if _len(completed) != {len(path.steps)}:")  # else: finished
+        d = depth + 1
+        self.emit(d, "changed = False")
+        self.emit(d, "prev = True")  # the previous step is complete
+        progress = "{'unlocked': unlocked, 'completed': completed, 'sub_steps_done': done}"
+        for step in path.steps:
+            sk = step.key
+            self.emit(d, f"if {sk!r} in completed:")
+            self.emit(d + 1, "prev = True")
+            self.emit(d, "else:")
+            e = d + 1
+            self.emit(e, "go = True")
+            self.emit(e, f"if {sk!r} not in unlocked:")
+            if step.unlock is not None:
+                self.test(e + 1, step.unlock, f"{step.path}.unlock")
+                self.emit(e + 1, "go = ok")
+            else:
+                self.emit(e + 1, "go = prev")
+            self.emit(e + 1, "if go:")
+            self.emit(e + 2, f"unlocked = (*unlocked, {sk!r})")
+            self.emit(e + 2, "changed = True")
+            self.emit(
+                e + 2,
+                f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
+                "'status': 'unlocked'})",
+            )
+            self.emit(e, "if not go:")
+            self.emit(e + 1, "prev = False")
+            self.emit(e, "else:")
+            f = e + 1
+            self.emit(f, "pending = False")
+            for sub in step.sub_steps:
+                self.emit(f, f"if {sub.ref!r} not in done:")
+                if sub.completion is None:
+                    self.emit(f + 1, "pending = True")
+                    continue
+                self.test(f + 1, sub.completion, f"{step.path}.{sub.key}")
+                self.emit(f + 1, "if ok:")
+                self.emit(f + 2, f"done = (*done, {sub.ref!r})")
+                self.emit(f + 2, "changed = True")
+                self.emit(
+                    f + 2,
+                    f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
+                    f"'sub_step': {sub.key!r}, 'status': 'completed'}})",
+                )
+                self.emit(f + 1, "else:")
+                self.emit(f + 2, "pending = True")
+            self.emit(f, "if pending:")
+            self.emit(f + 1, "prev = False")
+            self.emit(f, "else:")
+            g = f + 1
+            if step.completion is not None:
+                self.test(g, step.completion, f"{step.path}.complete")
+                self.emit(g, "if not ok:")
+                self.emit(g + 1, "prev = False")
+                self.emit(g, "else:")
+                g += 1
+            self.emit(g, f"completed = (*completed, {sk!r})")
+            self.emit(g, "changed = True")
+            self.emit(
+                g,
+                f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
+                "'status': 'completed'})",
+            )
+            self.emit(g, f"turn.notify('path.step_completed', {{'path': {pk!r}, 'step': {sk!r}}})")
+            self.emit(g, f"turn.set_path({pk!r}, _path({progress}))")
+            self.emit(g, f"turn.pay({self.bind(step.reward)}, {f'path:{pk}:{sk}'!r})")
+            self.emit(g, "prev = True")
+        self.emit(d, "if changed:")
+        self.emit(d + 1, "turn.visible = True")
+        self.emit(d + 1, f"turn.set_path({pk!r}, _path({progress}))")
 
     def badges(self) -> None:
         # A badge without a condition is only ever awarded by a reward or an admin: the

@@ -262,19 +262,31 @@ class Turn:
         The buddy's working copy stays (it was made current by the previous event); what
         described the previous event's changes starts empty again. ``grants``, when
         recorded, is emptied too; ``notifications`` stays None if the replay asked for none.
+        A container that is still empty is kept (most are, most events): the previous
+        event's results stay valid only until this call.
         """
         self.coins_credited = 0
-        self.token_credits = {}
-        self.awarded_now = []
-        self.ready_now = []
-        self.milestones = []
-        self.skill_changes = {}
-        self.streak_changes = []
-        self.path_changes = []
-        self.problems = []
-        self.trace = []
-        self.ledger = []
-        if self.notifications is not None:
+        if self.token_credits:
+            self.token_credits = {}
+        if self.awarded_now:
+            self.awarded_now = []
+        if self.ready_now:
+            self.ready_now = []
+        if self.milestones:
+            self.milestones = []
+        if self.skill_changes:
+            self.skill_changes = {}
+        if self.streak_changes:
+            self.streak_changes = []
+        if self.path_changes:
+            self.path_changes = []
+        if self.problems:
+            self.problems = []
+        if self.trace:
+            self.trace = []
+        if self.ledger:
+            self.ledger = []
+        if self.notifications:
             self.notifications = []
         self.evolution_ready = False
         self.evolution_became_ready = False
@@ -283,7 +295,7 @@ class Turn:
         self.clipped = False
         self.visible = False
         self._tokens_changed = False
-        if self.grants is not None:
+        if self.grants:
             self.grants = []
 
     @classmethod
