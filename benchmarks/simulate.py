@@ -12,7 +12,9 @@ It prints, for ``workers=1`` (in this process) and ``workers=W`` (processes), th
 events/s and the time per phase (reading and routing in the main process, replay, merge and
 report), the speed-up of the parallel run over the single-process one, and the simulation's
 own overhead: the same users replayed by calling ``evaluate`` directly (no parsing, no
-statistics) on a sample, against ``simulate(workers=1)`` on that sample. Target: the whole
+statistics) on a sample, against ``simulate(workers=1)`` on that sample (negative since
+simulate replays each buddy on one working copy, ``engine/replay.py``, instead of building a
+new immutable state per event as ``evaluate`` must). Target: the whole
 comparison of 1M events in at most 20 s on 2 cores, with a speed-up close to the core count.
 The machine's load average is printed too: on a shared machine, other processes slow both
 runs and cap the speed-up.
