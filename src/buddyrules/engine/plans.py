@@ -30,10 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from buddyrules.engine.context import EventContext
-from buddyrules.engine.evolution import evaluate_evolution
+from buddyrules.engine.evolution import evolve_now, next_stage_ready
 from buddyrules.engine.paths import _NO_PROGRESS
 from buddyrules.engine.rules import _amount
-from buddyrules.engine.streaks import apply_streaks
 from buddyrules.engine.turn import Turn
 from buddyrules.rulebook.compiled import (
     Amount,
@@ -45,7 +44,7 @@ from buddyrules.rulebook.compiled import (
     Streak,
     TokenRule,
 )
-from buddyrules.state import trusted_path, trusted_usage
+from buddyrules.state import trusted_path, trusted_streak, trusted_usage
 
 __all__ = ["Plan", "plan_for"]
 
@@ -93,10 +92,13 @@ class _Writer:
             "_min": min,
             "_range": range,
             "_set": set,
-            "_apply_streaks": apply_streaks,
+            "_streak": trusted_streak,
+            "_tuple": tuple,
+            "_sorted": sorted,
             "_path": trusted_path,
             "_len": len,
-            "_evaluate_evolution": evaluate_evolution,
+            "_evolve_now": evolve_now,
+            "_next_stage_ready": next_stage_ready,
         }
 
     def bind(self, value: Any) -> str:
@@ -124,7 +126,7 @@ class _Writer:
             self.paths()
             self.badges()
             if len(rb.stages) > 1:
-                self.emit(1, "_evaluate_evolution(turn)")
+                self.evolution()
         self.emit(1, "return None")
         source = "\n".join(self.lines) + "\n"
         code = compile(source, f"<buddyrules plan {event_type!r} {rb.version}>", "exec")
@@ -135,12 +137,16 @@ class _Writer:
     # -- step 2: streaks ------------------------------------------------------------------
 
     def streak(self, streak: Streak) -> None:
-        """Tick, freeze or burn through the interpreter, after a cheap test for no change.
+        """``streaks.apply_streaks`` (untraced) written out for one streak.
 
         An event in the streak's last ticked period or an earlier one changes nothing
         (``streaks.classify``: "same_period", "earlier"); that is most events of a daily
-        streak, and the test needs no call.
+        streak, and the first test skips them. Then, as ``classify`` and ``TRANSITIONS``
+        say: start (count 1), continue, frozen (the missed periods paid in freeze tokens)
+        or burned (restart at 1); a tick, its reward, and each milestone reached for the
+        first time with its reward.
         """
+        key = streak.key
         depth = 1
         if streak.audience is not None:
             self.emit(depth, f"if audience == {streak.audience!r}:")
@@ -148,12 +154,108 @@ class _Writer:
         period = {"daily": "ctx.day", "weekly": "ctx.week"}.get(
             streak.period, f"ctx.period({streak.period!r})"
         )
-        self.emit(depth, f"current = turn.streaks.get({streak.key!r})")
+        self.emit(depth, f"current = turn.streaks.get({key!r})")
         self.emit(
             depth,
             f"if current is None or current.last_period is None or {period} > current.last_period:",
         )
-        self.emit(depth + 1, f"_apply_streaks(turn, {self.bind((streak,))}, ctx)")
+        d = depth + 1
+        self.emit(d, f"period = {period}")
+        self.emit(d, "turn.matched = True")
+        self.emit(d, "if current is None:")
+        self.emit(d + 1, "count = best = 1")
+        self.emit(d + 1, "paid = ()")
+        self.emit(d, "else:")
+        e = d + 1
+        self.emit(e, "paid = current.milestones_paid")
+        self.emit(e, "if current.last_period is None or current.count == 0:")
+        self.emit(e + 1, "count = 1")  # start (after a sweep's burn: count 0)
+        self.emit(e, "else:")
+        self.emit(e + 1, "missed = period - current.last_period - 1")
+        self.emit(e + 1, "if missed <= 0:")
+        self.emit(e + 2, "count = current.count + 1")  # continue
+        if streak.freeze_token is not None:
+            token = streak.freeze_token
+            self.emit(e + 1, f"elif turn.tokens.get({token!r}, 0) >= missed:")  # frozen
+            self.emit(e + 2, f"turn.debit_token({token!r}, missed, {f'streak_freeze:{key}'!r})")
+            self.emit(
+                e + 2,
+                f"turn.streak_changes.append({{'streak': {key!r}, 'change': 'frozen', "
+                "'freezes_used': missed})",
+            )
+            self.emit(e + 2, "count = current.count + 1")
+        self.emit(e + 1, "else:")  # burned: restart
+        self.emit(
+            e + 2,
+            f"turn.streak_changes.append({{'streak': {key!r}, 'change': 'burned', "
+            "'count_before': current.count})",
+        )
+        self.emit(
+            e + 2,
+            f"turn.notify('streak.burned', {{'streak': {key!r}, 'count_before': current.count}})",
+        )
+        self.emit(e + 2, "count = 1")
+        self.emit(e, "best = _max(count, current.best)")
+        if streak.milestones:
+            self.emit(
+                d,
+                f"due = [(c, r) for c, r in {self.bind(streak.milestones)} "
+                "if c <= count and c not in paid]",
+            )
+            self.emit(d, "if due:")
+            self.emit(d + 1, "paid = _tuple(_sorted((*paid, *[c for c, _ in due])))")
+        self.emit(
+            d,
+            f"turn.set_streak({key!r}, _streak({{'count': count, 'best': best, "
+            "'last_period': period, 'milestones_paid': paid}))",
+        )
+        self.emit(d, f"ns['streaks'][{key!r}] = {{'count': count, 'best': best}}")
+        self.emit(d, "turn.visible = True")
+        ticked = f"{{'streak': {key!r}, 'change': 'ticked', 'count': count}}"
+        self.emit(d, f"turn.streak_changes.append({ticked})")
+        self.emit(
+            d, f"turn.notify('streak.ticked', {{'streak': {key!r}, 'count': count, 'best': best}})"
+        )
+        if not streak.tick_reward.is_empty:
+            self.emit(d, f"turn.pay({self.bind(streak.tick_reward)}, {f'streak:{key}'!r})")
+        if streak.milestones:
+            self.emit(d, "if due:")
+            self.emit(d + 1, "for reached, reward in due:")
+            self.emit(d + 2, f"turn.milestones.append({{'streak': {key!r}, 'count': reached}})")
+            self.emit(
+                d + 2, f"turn.notify('streak.milestone', {{'streak': {key!r}, 'count': reached}})"
+            )
+            self.emit(d + 2, f"turn.pay(reward, f'streak_milestone:{key}:{{reached}}')")
+
+    def evolution(self) -> None:
+        """``evolution.evaluate_evolution`` (untraced) written out for the rulebook's stages."""
+        stages = self.rulebook.stages
+        self.emit(1, "stage = turn.stage")
+        first = True
+        for number in range(1, len(stages)):
+            when = stages[number].when  # stages[n] is stage n + 1
+            if when is None:
+                continue
+            self.emit(1, f"{'if' if first else 'elif'} stage == {number}:")
+            self.emit(2, f"ok, problem = {self.bind(when.test)}(ns)")
+            first = False
+        if first:
+            self.emit(1, "ok, problem = False, None")
+        else:
+            self.emit(1, "else:")
+            self.emit(2, "ok, problem = False, None")
+        self.emit(1, "if problem is not None:")
+        self.emit(2, "turn.problem(f'evolution.stages[{stage}]', 'condition: ' + problem)")
+        self.emit(1, "if ok and turn.evolution_notified < stage + 1:")
+        self.emit(2, "turn.evolution_notified = stage + 1")
+        self.emit(2, "turn.evolution_became_ready = True")
+        self.emit(2, "turn.visible = True")
+        self.emit(2, "turn.notify('evolution.ready', {'stage': stage + 1})")
+        if self.rulebook.auto_evolve:
+            self.emit(1, "if ok:")
+            self.emit(2, "_evolve_now(turn, 'auto_evolve')")
+            self.emit(2, "ok, _ = _next_stage_ready(turn)")
+        self.emit(1, "turn.evolution_ready = ok")
 
     # -- steps 3: coin, skill and token rules ---------------------------------------------
 
