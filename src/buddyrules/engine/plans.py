@@ -8,10 +8,12 @@ person would write by hand for exactly those rules: a rule without a condition h
 literal amount is a constant, a badge without prerequisites checks none, and so on.
 
 The generated code calls the same :class:`~buddyrules.engine.turn.Turn` methods (every coin,
-token, skill, badge and notification still goes through them). The cap arithmetic of
-:func:`~buddyrules.engine.caps.clip` and :func:`~buddyrules.engine.caps.record` is written
-out with the rule's caps as constants (a change there must be made in ``_Writer.clip`` and
-``_Writer.record`` too). A plan gives exactly what the interpreter gives:
+token, skill, badge and notification still goes through them). What the interpreter decides
+is written out with the rulebook's constants: the rule dispatch, the cap arithmetic of
+:func:`~buddyrules.engine.caps.clip` and :func:`~buddyrules.engine.caps.record`, a streak's
+tick (``streaks.apply_streaks``), a path's steps (``paths._advance_path``), the badge
+fixpoint and evolution readiness. A change to any of those mechanics must be made here too
+(the ``_Writer`` method of the same name). A plan gives exactly what the interpreter gives:
 ``tests/engine/test_engine_plans.py`` checks that on every example rulebook and on generated
 histories. The interpreter is still what runs with ``explain=True`` (the trace needs every
 reason); a rulebook whose badge and path passes are incremental (many skippable conditions,
