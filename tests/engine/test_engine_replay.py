@@ -140,3 +140,30 @@ def test_next_event_resets_exactly_the_per_event_fields() -> None:
         "_skills_owned", "_streaks_owned", "_usage_owned",
     }  # fmt: skip
     assert set(Turn.__slots__) == buddy | set(Turn.PER_EVENT)
+
+
+def test_a_replay_gives_conditions_the_event_time_when_the_rulebook_reads_it() -> None:
+    rulebook = make_rulebook(
+        coin_rules=[
+            {
+                "key": "late",
+                "event": "lesson",
+                "amount": 2,
+                "when": 'event.occurred_at >= "2026-03-04"',
+            },
+            {"key": "typed", "event": "quiz", "amount": 1, "when": 'event.type == "quiz"'},
+        ],
+    )
+    assert rulebook.reads_event_time
+    start = br.new_buddy(rulebook, "u1")
+    replay = BuddyReplay(rulebook, start)
+    state = start
+    earned = []
+    for day, type_ in [(0, "lesson"), (1, "quiz"), (2, "lesson"), (3, "lesson"), (3, "quiz")]:
+        event = Event.coerce({"type": type_, "user_id": "u1", "occurred_at": at(days=day)})
+        out = br.evaluate(rulebook, state, event)
+        assert _changes(replay.apply(event)) == _expected(out)
+        earned.append(out.effects.coins)
+        state = out.state
+    assert earned == [0, 1, 2, 2, 1]
+    assert replay.state() == state
