@@ -11,23 +11,7 @@ from buddyrules.engine.context import EventContext
 from buddyrules.engine.turn import Turn
 from buddyrules.state import RuleUsage, trusted_usage
 
-__all__ = ["clip", "clip_to_caps", "record", "record_usage"]
-
-
-def clip_to_caps(
-    turn: Turn,
-    key: str,
-    grant: int,
-    ctx: EventContext,
-    *,
-    daily_cap: int | None,
-    weekly_cap: int | None,
-    total_limit: int | None = None,
-) -> tuple[int, str | None]:
-    """Return ``(allowed, why_clipped)`` for a grant under the rule's caps and limit."""
-    if daily_cap is None and weekly_cap is None and total_limit is None:
-        return grant, None
-    return clip(turn.rule_usage.get(key), grant, ctx, daily_cap, weekly_cap, total_limit)
+__all__ = ["clip", "record", "record_usage"]
 
 
 def clip(
@@ -38,7 +22,8 @@ def clip(
     weekly_cap: int | None,
     total_limit: int | None,
 ) -> tuple[int, str | None]:
-    """:func:`clip_to_caps` given the rule's usage (the engine's hot path)."""
+    """Return ``(allowed, why_clipped)`` for a grant under a rule's caps and total limit,
+    given the rule's usage before it (None: nothing credited yet)."""
     why: str | None = None
     if usage is None:
         # Nothing credited yet: only a cap below the grant clips it.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from buddyrules.engine.periods import period_index
+from buddyrules.engine.periods import period_index, week_of
 
 __all__ = ["EventContext"]
 
@@ -17,8 +17,8 @@ class EventContext:
     once (caps and daily/weekly streaks all need them). Read-only by convention; a plain
     slotted class because one is built per event.
 
-    ``day`` is given as the local date's ordinal (``occurred_at.astimezone(tz).toordinal()``,
-    with no ``date`` object built on the hot path); :meth:`of` takes a date.
+    ``day`` is given as the local date's ordinal (:func:`~buddyrules.engine.periods.local_day`,
+    with no ``date`` object built on the hot path).
     """
 
     __slots__ = ("audience", "day", "occurred_at", "type", "week")
@@ -34,14 +34,14 @@ class EventContext:
         self.audience = audience
         self.occurred_at = occurred_at
         self.day = day
-        self.week = (day - 1) // 7  # periods.week_index, from the ordinal
+        self.week = week_of(day)
 
-    @classmethod
-    def of(
-        cls, event_type: str, audience: str, occurred_at: datetime, local_day: date
-    ) -> EventContext:
-        """Build the context from the event's local date."""
-        return cls(event_type, audience, occurred_at, local_day.toordinal())
+    def move_to(self, event_type: str, occurred_at: datetime, day: int) -> None:
+        """Describe the buddy's next event instead (a replay keeps one context per buddy)."""
+        self.type = event_type
+        self.occurred_at = occurred_at
+        self.day = day
+        self.week = week_of(day)
 
     @property
     def local_day(self) -> date:

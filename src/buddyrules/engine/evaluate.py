@@ -27,7 +27,7 @@ from buddyrules.engine.badges import evaluate_badges
 from buddyrules.engine.context import EventContext
 from buddyrules.engine.evolution import evaluate_evolution
 from buddyrules.engine.paths import evaluate_paths
-from buddyrules.engine.periods import zone
+from buddyrules.engine.periods import local_day, zone
 from buddyrules.engine.plans import _PLANS as _plans
 from buddyrules.engine.plans import plan_for
 from buddyrules.engine.rules import apply_coin_rules, apply_skill_rules, apply_token_rules
@@ -39,7 +39,7 @@ from buddyrules.rulebook._deps import ALWAYS, DependencyIndex
 from buddyrules.rulebook.compiled import Rulebook
 from buddyrules.state import BuddyState, PathState
 
-__all__ = ["buddy_zone", "evaluate", "new_buddy"]
+__all__ = ["buddy_zone", "check_event", "evaluate", "new_buddy"]
 
 
 def buddy_zone(rulebook: Rulebook, state: BuddyState) -> Any:
@@ -99,6 +99,31 @@ def new_buddy(
     )
 
 
+def check_event(event: Event, state: BuddyState) -> tuple[datetime, str]:
+    """The event's ``occurred_at`` and audience (the buddy's when omitted), after checking
+    that it can be applied to ``state``; raises :class:`ValidationFailed` otherwise."""
+    occurred_at = event.occurred_at
+    if occurred_at is None:
+        raise ValidationFailed(
+            "occurred_at is required by evaluate (the pure core reads no clock)",
+            {"fields": {"occurred_at": "required"}},
+        )
+    if event.user_id != state.user_id:
+        raise ValidationFailed(
+            f"event is for user {event.user_id!r}, state is user {state.user_id!r}",
+            {"fields": {"user_id": "does not match the buddy"}},
+        )
+    audience = event.audience
+    if audience is None:
+        return occurred_at, state.audience
+    if audience != state.audience:
+        raise ValidationFailed(
+            f"event audience {audience!r} does not match the buddy's {state.audience!r}",
+            {"fields": {"audience": "does not match the buddy"}},
+        )
+    return occurred_at, audience
+
+
 def evaluate(
     rulebook: Rulebook,
     state: BuddyState,
@@ -114,31 +139,10 @@ def evaluate(
     unregistered type only bumps its counter.
     """
     ev = event if type(event) is Event else Event.coerce(event)
-    occurred_at = ev.occurred_at
-    if occurred_at is None:
-        raise ValidationFailed(
-            "occurred_at is required by evaluate (the pure core reads no clock)",
-            {"fields": {"occurred_at": "required"}},
-        )
-    if ev.user_id != state.user_id:
-        raise ValidationFailed(
-            f"event is for user {ev.user_id!r}, state is user {state.user_id!r}",
-            {"fields": {"user_id": "does not match the buddy"}},
-        )
-    audience = ev.audience
-    if audience is None:
-        audience = state.audience
-    elif audience != state.audience:
-        raise ValidationFailed(
-            f"event audience {audience!r} does not match the buddy's {state.audience!r}",
-            {"fields": {"audience": "does not match the buddy"}},
-        )
+    occurred_at, audience = check_event(ev, state)
     event_type = ev.type
-    # The local day's ordinal, straight from the converted instant (periods.local_date
-    # without building a date); a UTC rulebook converts to datetime.UTC, which costs nothing
-    # for the usual UTC instant.
     tz = zone(state.timezone) if state.timezone else rulebook.period_tz
-    ctx = EventContext(event_type, audience, occurred_at, occurred_at.astimezone(tz).toordinal())
+    ctx = EventContext(event_type, audience, occurred_at, local_day(occurred_at, tz))
     turn = Turn(rulebook, state, explain)
     if explain or rulebook.reads_event_time:
         event_ns = {

@@ -8,18 +8,19 @@ day of 23 or 25 hours around a DST change is still one day.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 __all__ = [
-    "day_and_week",
     "local_date",
+    "local_day",
     "month_index",
     "next_month_start_utc",
     "period_index",
     "period_start",
     "week_index",
+    "week_of",
     "zone",
 ]
 
@@ -35,20 +36,28 @@ def local_date(instant: datetime, tz: ZoneInfo) -> date:
     return instant.astimezone(tz).date()
 
 
+def local_day(instant: datetime, tz: tzinfo) -> int:
+    """The ``daily`` period index of ``instant`` in ``tz``: its local date's ordinal.
+
+    The engine's hot path: no ``date`` is built (``tz`` may be ``datetime.UTC``, see
+    ``Rulebook.period_tz``, which costs nothing for an instant already in UTC).
+    """
+    return instant.astimezone(tz).toordinal()
+
+
+def week_of(day: int) -> int:
+    """The ISO-week index of a ``daily`` period index (weeks start on Monday)."""
+    return (day - 1) // 7
+
+
 def week_index(day: date) -> int:
     """The ISO-week index of a date (weeks start on Monday)."""
-    return (day.toordinal() - 1) // 7
+    return week_of(day.toordinal())
 
 
 def month_index(day: date) -> int:
     """The month index of a date."""
     return day.year * 12 + day.month - 1
-
-
-def day_and_week(day: date) -> tuple[int, int]:
-    """The ``daily`` and ``weekly`` period indexes of ``day`` at once (the hot path)."""
-    ordinal = day.toordinal()
-    return ordinal, (ordinal - 1) // 7
 
 
 def period_index(kind: str, day: date) -> int:

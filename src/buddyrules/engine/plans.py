@@ -48,7 +48,7 @@ from buddyrules.rulebook.compiled import (
 )
 from buddyrules.state import trusted_path, trusted_streak, trusted_usage
 
-__all__ = ["Plan", "plan_for"]
+__all__ = ["Plan", "plan_for", "plans_of"]
 
 #: ``plan(turn, ctx, ns, audience)`` runs steps 2-6 of SPEC §3 for one event type.
 Plan = Callable[[Turn, EventContext, dict[str, Any], str], None]
@@ -58,6 +58,15 @@ Plan = Callable[[Turn, EventContext, dict[str, Any], str], None]
 _PLANS: dict[int, dict[str, Plan]] = {}
 
 
+def plans_of(rulebook: Rulebook) -> dict[str, Plan]:
+    """The table of ``rulebook``'s plans compiled so far, by event type (see :func:`plan_for`)."""
+    plans = _PLANS.get(id(rulebook))
+    if plans is None:
+        plans = _PLANS[id(rulebook)] = {}
+        weakref.finalize(rulebook, _PLANS.pop, id(rulebook), None)
+    return plans
+
+
 def plan_for(rulebook: Rulebook, event_type: str, *, rules_only: bool = False) -> Plan:
     """The plan of ``event_type`` under ``rulebook``, compiled on first use.
 
@@ -65,10 +74,7 @@ def plan_for(rulebook: Rulebook, event_type: str, *, rules_only: bool = False) -
     a rulebook whose badge and path passes are incremental: ``evaluate`` then notes what the
     rules changed and runs steps 4-6 through the interpreter.
     """
-    plans = _PLANS.get(id(rulebook))
-    if plans is None:
-        plans = _PLANS[id(rulebook)] = {}
-        weakref.finalize(rulebook, _PLANS.pop, id(rulebook), None)
+    plans = plans_of(rulebook)
     # Rules-only plans are kept under a key no event type has (types are identifiers).
     key = f"{event_type} rules" if rules_only else event_type
     plan = plans.get(key)

@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from buddyrules.engine.context import EventContext
-from buddyrules.engine.periods import zone
-from buddyrules.engine.plans import plan_for
+from buddyrules.engine.evaluate import check_event
+from buddyrules.engine.periods import local_day, zone
+from buddyrules.engine.plans import plan_for, plans_of
 from buddyrules.engine.turn import Turn
-from buddyrules.errors import ValidationFailed
 from buddyrules.events import Event
 from buddyrules.rulebook.compiled import Rulebook
 from buddyrules.state import BuddyState, trusted_state
@@ -42,7 +42,6 @@ class BuddyReplay:
 
     __slots__ = (
         "_applied",
-        "_audience",
         "_awarded",
         "_base",
         "_ctx",
@@ -66,10 +65,10 @@ class BuddyReplay:
     ):
         self._rulebook = rulebook
         self._base = state
-        self._audience = state.audience
+        audience = state.audience
         self._tz = zone(state.timezone) if state.timezone else rulebook.period_tz
         self._with_time = rulebook.reads_event_time
-        self._plans: dict[str, Any] = {}
+        self._plans = plans_of(rulebook)  # the rulebook's table, shared by every replay
         self._awarded: list[str] = []
         self._applied = 0
         self._last = state.last_event_at
@@ -79,15 +78,15 @@ class BuddyReplay:
         turn = Turn(rulebook, state, False)
         # The event part of the namespace, as evaluate builds it (same keys, same order),
         # kept and updated in place: the user and audience are the buddy's for every event.
-        event_ns: dict[str, Any] = {"type": "", "audience": self._audience}
+        event_ns: dict[str, Any] = {"type": "", "audience": audience}
         event_ns["user_id"] = state.user_id
         if self._with_time:
             event_ns["occurred_at"] = ""
         event_ns["properties"] = {}
         self._event_ns = event_ns
-        turn.build_namespace(event_ns, self._audience)
+        turn.build_namespace(event_ns, audience)
         # One context, updated per event (nothing keeps a context past its event).
-        self._ctx = EventContext("", self._audience, datetime.min.replace(tzinfo=UTC), 1)
+        self._ctx = EventContext("", audience, datetime.min.replace(tzinfo=UTC), 1)
         if record_grants:
             turn.grants = []
         if not notifications:
@@ -95,27 +94,10 @@ class BuddyReplay:
         self._turn = turn
 
     def apply(self, event: Event) -> Turn:
-        """Apply one event (same checks as ``evaluate``); return the turn, which describes
+        """Apply one event (``evaluate``'s checks); return the turn, which describes
         this event's changes until the next call: ``coins_credited``, ``awarded_now``,
         ``ready_now``, ``milestones``, ``skill_changes``, ``problems``, ``ledger``..."""
-        occurred_at = event.occurred_at
-        if occurred_at is None:
-            raise ValidationFailed(
-                "occurred_at is required by evaluate (the pure core reads no clock)",
-                {"fields": {"occurred_at": "required"}},
-            )
-        base = self._base
-        if event.user_id != base.user_id:
-            raise ValidationFailed(
-                f"event is for user {event.user_id!r}, state is user {base.user_id!r}",
-                {"fields": {"user_id": "does not match the buddy"}},
-            )
-        audience = self._audience
-        if event.audience is not None and event.audience != audience:
-            raise ValidationFailed(
-                f"event audience {event.audience!r} does not match the buddy's {audience!r}",
-                {"fields": {"audience": "does not match the buddy"}},
-            )
+        occurred_at, audience = check_event(event, self._base)
         turn = self._turn
         if self._applied:
             turn.next_event()
@@ -129,18 +111,14 @@ class BuddyReplay:
         event_ns["properties"] = props
         ns["props"] = props
         ctx = self._ctx
-        ctx.type = event_type
-        ctx.occurred_at = occurred_at
-        day = occurred_at.astimezone(self._tz).toordinal()
-        ctx.day = day
-        ctx.week = (day - 1) // 7  # as EventContext computes it
+        ctx.move_to(event_type, occurred_at, local_day(occurred_at, self._tz))
         counters = turn.counters
         counters[event_type] = counters.get(event_type, 0) + 1
         plan = self._plans.get(event_type)
         if plan is None:
             # The full plan whatever the rulebook's incremental passes: full badge and path
             # passes give the same results (tests/engine/test_engine_incremental.py).
-            plan = self._plans[event_type] = plan_for(self._rulebook, event_type)
+            plan = plan_for(self._rulebook, event_type)
         plan(turn, ctx, ns, audience)
         self._applied += 1
         last = self._last
@@ -164,29 +142,18 @@ class BuddyReplay:
         if not self._applied:
             return base
         kept = self._tokens
-        b = base.__dict__
-        values = {
-            "user_id": b["user_id"],
-            "audience": b["audience"],
-            "rulebook_version": b["rulebook_version"],
-            "timezone": b["timezone"],
-            "hatched_at": b["hatched_at"],
-            "stage": turn.stage,
-            "coins": turn.coins,
-            # Copies: the turn keeps working on its own containers if more events come.
-            "tokens": {k: v for k, v in turn.tokens.items() if k in kept},
-            "skills": dict(turn.skills),
-            "badges": (*base.badges, *self._awarded),
-            "badges_ready": turn.ready,
-            "counters": dict(turn.counters),
-            "streaks": dict(turn.streaks),
-            "rule_usage": dict(turn.rule_usage),
-            "paths": dict(turn.paths),
-            "gates": turn.gates,
-            "decay_applied": dict(turn.decay_applied),
-            "evolution_notified": turn.evolution_notified,
-            "last_event_at": self._last,
-            "events_applied": base.events_applied + self._applied,
-            "_settled": None,
-        }
+        values = turn.state_values(
+            {k: v for k, v in turn.tokens.items() if k in kept},
+            (*base.badges, *self._awarded),
+            self._last,
+            base.events_applied + self._applied,
+        )
+        # Copies: the turn keeps working on its own containers if more events come.
+        for name in _MUTABLE:
+            values[name] = dict(values[name])
         return trusted_state(values)
+
+
+#: The state's containers a turn changes in place once it owns them (Turn.set_* copy on
+#: first write, then write into their copy).
+_MUTABLE = ("skills", "counters", "streaks", "rule_usage", "paths", "decay_applied")

@@ -566,6 +566,41 @@ class Turn:
         """Record an evaluation problem (a failed expression); never raised."""
         self.problems.append({"rule": rule, "reason": reason})
 
+    def state_values(
+        self,
+        tokens: dict[str, int],
+        badges: tuple[str, ...],
+        last_event_at: datetime | None,
+        events_applied: int,
+    ) -> dict[str, Any]:
+        """Every field of the buddy's state as this turn holds it, in field order, for
+        ``trusted_state`` (not settled: see :meth:`finish`). The turn's own containers are
+        used as they are; the five fields a turn never changes are read from the base."""
+        b = self.base.__dict__
+        return {
+            "user_id": b["user_id"],
+            "audience": b["audience"],
+            "rulebook_version": b["rulebook_version"],
+            "timezone": b["timezone"],
+            "hatched_at": b["hatched_at"],
+            "stage": self.stage,
+            "coins": self.coins,
+            "tokens": tokens,
+            "skills": self.skills,
+            "badges": badges,
+            "badges_ready": self.ready,
+            "counters": self.counters,
+            "streaks": self.streaks,
+            "rule_usage": self.rule_usage,
+            "paths": self.paths,
+            "gates": self.gates,
+            "decay_applied": self.decay_applied,
+            "evolution_notified": self.evolution_notified,
+            "last_event_at": last_event_at,
+            "events_applied": events_applied,
+            _SETTLED: None,
+        }
+
     def finish(
         self,
         *,
@@ -599,31 +634,12 @@ class Turn:
         # The base's values in field order, then what a turn can change (same keys, so the
         # order is kept).
         badges = (*base.badges, *awarded) if awarded else base.badges
-        # Every field, built in one go (the five a turn never changes read from the base).
-        b = base.__dict__
-        values = {
-            "user_id": b["user_id"],
-            "audience": b["audience"],
-            "rulebook_version": b["rulebook_version"],
-            "timezone": b["timezone"],
-            "hatched_at": b["hatched_at"],
-            "stage": self.stage,
-            "coins": self.coins,
-            "tokens": tokens,
-            "skills": self.skills,
-            "badges": badges,
-            "badges_ready": self.ready,
-            "counters": self.counters,
-            "streaks": self.streaks,
-            "rule_usage": self.rule_usage,
-            "paths": self.paths,
-            "gates": self.gates,
-            "decay_applied": self.decay_applied,
-            "evolution_notified": self.evolution_notified,
-            "last_event_at": last_event_at if last_event_at is not None else base.last_event_at,
-            "events_applied": base.events_applied + 1 if count_event else base.events_applied,
-            _SETTLED: None,
-        }
+        values = self.state_values(
+            tokens,
+            badges,
+            last_event_at if last_event_at is not None else base.last_event_at,
+            base.events_applied + 1 if count_event else base.events_applied,
+        )
         if carry is not None:
             values[_SETTLED] = (self.rulebook.version, carry, _COVERED(values))
         state = trusted_state(values)
