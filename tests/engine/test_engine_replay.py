@@ -18,7 +18,7 @@ from buddyrules.engine.replay import BuddyReplay
 from buddyrules.engine.turn import Turn
 from buddyrules.errors import ValidationFailed
 from buddyrules.events import Event
-from buddyrules.simulate._rulestats import grants_from_trace
+from buddyrules.simulate._rulestats import recorded_grants
 
 from .helpers import at, make_rulebook
 from .strategies import History, histories
@@ -61,15 +61,6 @@ def _expected(out: br.Outcome) -> dict[str, Any]:
     }
 
 
-def _recorded(out: br.Outcome) -> list[tuple[str, int, bool]]:
-    """What simulate's trace path counts of an event: clipped grants, crediting skill rules."""
-    return [
-        (tag, got, clipped)
-        for tag, got, clipped in grants_from_trace(out.trace or ())
-        if clipped or (got and tag.startswith("skill_rule:"))
-    ]
-
-
 @given(histories)
 def test_a_replay_equals_a_chain_of_evaluate_calls(history: History) -> None:
     rulebook = history.rulebook
@@ -83,7 +74,7 @@ def test_a_replay_equals_a_chain_of_evaluate_calls(history: History) -> None:
         traced = br.evaluate(rulebook, state, event, explain=True)
         turn = replay.apply(event)
         assert _changes(turn) == _expected(out)
-        assert turn.grants == _recorded(traced)
+        assert turn.grants == recorded_grants(traced.trace or ())
         silent = quiet.apply(event)
         assert silent.notifications is None and silent.grants is None
         assert {**_changes(silent), "notifications": out.notifications} == _expected(out)

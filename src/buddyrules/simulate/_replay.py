@@ -25,7 +25,7 @@ from buddyrules.rulebook import Rulebook, load_rulebook
 from buddyrules.simulate._errors import SimulationInputError
 from buddyrules.simulate._gc import paused_gc
 from buddyrules.simulate._inputs import ROW_FIELDS, BadLine, Payload, loads
-from buddyrules.simulate._rulestats import Grant, grants_from_trace
+from buddyrules.simulate._rulestats import Grant, recorded_grants
 from buddyrules.simulate._tally import BuddyOutcome, Tally
 from buddyrules.state import BuddyState
 
@@ -410,11 +410,7 @@ def _replay(
                 ready = effects.badges_ready
                 reached = effects.streak_milestones
                 failed = effects.problems
-                grants = [
-                    (tag, got, was_clipped)
-                    for tag, got, was_clipped in grants_from_trace(out.trace or ())
-                    if was_clipped or (got and tag.startswith("skill_rule:"))
-                ]
+                grants = recorded_grants(out.trace or ())
                 state = out.state
             day = ts // DAY_US
             for currency, amount, _, reason in ledger:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["Grant", "grants_from_trace"]
+__all__ = ["Grant", "grants_from_trace", "recorded_grants"]
 
 # (tag "kind:key", credited, clipped)
 Grant = tuple[str, int, bool]
@@ -35,3 +35,13 @@ def grants_from_trace(trace: Sequence[Mapping[str, Any]]) -> list[Grant]:
         clipped = grant > credited and not reason.startswith("total limit")
         out.append((f"{kind}:{entry['rule']}", credited, clipped))
     return out
+
+
+def recorded_grants(trace: Sequence[Mapping[str, Any]]) -> list[Grant]:
+    """What an event plan records in ``turn.grants``, read from a trace instead: the grants
+    that were clipped, and each skill rule's credit (per-rule statistics need no more)."""
+    return [
+        (tag, got, clipped)
+        for tag, got, clipped in grants_from_trace(trace)
+        if clipped or (got and tag.startswith("skill_rule:"))
+    ]
