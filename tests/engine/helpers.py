@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import buddyrules as br
 from buddyrules import BuddyState, Effects, Outcome, Rulebook
+
+if TYPE_CHECKING:
+    from .strategies import History
 
 #: Monday 2 March 2026, noon UTC: the default start of every test history.
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -96,3 +102,52 @@ def trace_entry(effects: Effects, rule: str, kind: str | None = None) -> dict[st
     ]
     assert found, f"no trace entry for {rule!r}: {effects.trace}"
     return found[-1]
+
+
+def replay_history(
+    history: History, *, explain: bool = False, unsettled: bool = False
+) -> tuple[BuddyState, list[Outcome]]:
+    """Run a history's steps (events and ``advance``) from its hatched buddy.
+
+    ``unsettled`` hands each step a copy of the state read back from JSON, which never
+    counts as settled, so every badge and path condition is tested (no incremental passes).
+    """
+    state = history.hatch()
+    outcomes = []
+    for step in history.steps:
+        if unsettled:
+            state = BuddyState.model_validate_json(state.model_dump_json())
+        if step.event is not None:
+            outcome = br.evaluate(history.rulebook, state, step.event, explain=explain)
+        else:
+            outcome = br.advance(history.rulebook, state, step.at)
+        outcomes.append(outcome)
+        state = outcome.state
+    return state, outcomes
+
+
+def assert_same_outcomes(
+    a: list[Outcome], b: list[Outcome], state_a: BuddyState, state_b: BuddyState
+) -> None:
+    """Two runs gave the same effects, problems, ledger, notifications and final state."""
+    assert [json.dumps(o.effects.to_wire(include_trace=False)) for o in a] == [
+        json.dumps(o.effects.to_wire(include_trace=False)) for o in b
+    ]
+    assert [o.effects.problems for o in a] == [o.effects.problems for o in b]
+    # Every field but the trace (which Effects leaves out of ==): skills, paths...
+    assert [o.effects for o in a] == [o.effects for o in b]
+    assert [o.ledger for o in a] == [o.ledger for o in b]
+    assert [o.notifications for o in a] == [o.notifications for o in b]
+    assert state_a.model_dump_json() == state_b.model_dump_json()
+
+
+@contextmanager
+def incremental_always(rulebook: Rulebook) -> Iterator[None]:
+    """Use incremental passes for ``rulebook`` even below ``MIN_SKIPPABLE`` conditions."""
+    index = rulebook.dependencies
+    before = index.worthwhile
+    index.worthwhile = True
+    try:
+        yield
+    finally:
+        index.worthwhile = before

@@ -8,67 +8,33 @@ a state copy with a replaced container, which is never treated as settled).
 
 from __future__ import annotations
 
-import json
 import pickle
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import given
 
 import buddyrules as br
-from buddyrules import BuddyState, Outcome
+from buddyrules import BuddyState
 from buddyrules.conditions._deps import state_deps
 from buddyrules.engine.turn import settled_carry
 
-from .helpers import at, event, make_rulebook
+from .helpers import (
+    assert_same_outcomes,
+    at,
+    event,
+    incremental_always,
+    make_rulebook,
+    replay_history,
+)
 from .strategies import History, histories
-
-
-def _unsettled(state: BuddyState) -> BuddyState:
-    """The same content as ``state``, without the settlement record (read back from JSON)."""
-    return BuddyState.model_validate_json(state.model_dump_json())
-
-
-@contextmanager
-def incremental_always(rulebook: br.Rulebook) -> Iterator[None]:
-    """Use incremental passes for ``rulebook`` even below ``MIN_SKIPPABLE`` conditions."""
-    index = rulebook.dependencies
-    before = index.worthwhile
-    index.worthwhile = True
-    try:
-        yield
-    finally:
-        index.worthwhile = before
-
-
-def _replay(history: History, *, incremental: bool) -> tuple[BuddyState, list[Outcome]]:
-    state = history.hatch()
-    outcomes = []
-    for step in history.steps:
-        if not incremental:
-            state = _unsettled(state)
-        if step.event is not None:
-            outcome = br.evaluate(history.rulebook, state, step.event)
-        else:
-            outcome = br.advance(history.rulebook, state, step.at)
-        outcomes.append(outcome)
-        state = outcome.state
-    return state, outcomes
 
 
 @given(histories)
 def test_incremental_passes_give_exactly_what_full_passes_give(history: History) -> None:
     with incremental_always(history.rulebook):
-        state_a, a = _replay(history, incremental=True)
-        state_b, b = _replay(history, incremental=False)
-    assert [json.dumps(o.effects.to_wire()) for o in a] == [
-        json.dumps(o.effects.to_wire()) for o in b
-    ]
-    assert [o.effects.problems for o in a] == [o.effects.problems for o in b]
-    assert [o.ledger for o in a] == [o.ledger for o in b]
-    assert [o.notifications for o in a] == [o.notifications for o in b]
-    assert state_a.model_dump_json() == state_b.model_dump_json()
+        state_a, a = replay_history(history)
+        state_b, b = replay_history(history, unsettled=True)
+    assert_same_outcomes(a, b, state_a, state_b)
 
 
 RULEBOOK = make_rulebook(

@@ -8,7 +8,6 @@ ledger entry, notification and state must be identical, event by event.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,62 +16,38 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import buddyrules as br
-from buddyrules import BuddyState, Outcome
 from buddyrules.engine import plans
 from buddyrules.engine.plans import plan_for
 
-from .helpers import at, make_rulebook
+from .helpers import (
+    assert_same_outcomes,
+    at,
+    incremental_always,
+    make_rulebook,
+    replay_history,
+)
 from .strategies import History, histories
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "rules_examples"
-
-
-def _replay(history: History, *, explain: bool) -> tuple[BuddyState, list[Outcome]]:
-    state = history.hatch()
-    outcomes = []
-    for step in history.steps:
-        if step.event is not None:
-            outcome = br.evaluate(history.rulebook, state, step.event, explain=explain)
-        else:
-            outcome = br.advance(history.rulebook, state, step.at)
-        outcomes.append(outcome)
-        state = outcome.state
-    return state, outcomes
-
-
-def _same(a: list[Outcome], b: list[Outcome], state_a: BuddyState, state_b: BuddyState) -> None:
-    assert [json.dumps(o.effects.to_wire(include_trace=False)) for o in a] == [
-        json.dumps(o.effects.to_wire(include_trace=False)) for o in b
-    ]
-    # Every field but the trace (which Effects leaves out of ==): problems, skills, paths...
-    assert [o.effects for o in a] == [o.effects for o in b]
-    assert [o.ledger for o in a] == [o.ledger for o in b]
-    assert [o.notifications for o in a] == [o.notifications for o in b]
-    assert state_a.model_dump_json() == state_b.model_dump_json()
 
 
 @given(histories)
 def test_plans_give_exactly_what_the_interpreter_gives(history: History) -> None:
     # (A rulebook with many skippable conditions runs the incremental passes instead of a
     # plan; the comparison holds for it too.)
-    state_a, a = _replay(history, explain=False)
-    state_b, b = _replay(history, explain=True)
-    _same(a, b, state_a, state_b)
+    state_a, a = replay_history(history)
+    state_b, b = replay_history(history, explain=True)
+    assert_same_outcomes(a, b, state_a, state_b)
 
 
 @given(histories)
 def test_rules_only_plans_with_incremental_passes_match_the_interpreter(history: History) -> None:
     # Forced incremental passes: evaluate runs a rules-only plan for steps 2-3, then notes
     # what changed and runs steps 4-6 incrementally; explain=True interprets every step.
-    index = history.rulebook.dependencies
-    before = index.worthwhile
-    index.worthwhile = True
-    try:
-        state_a, a = _replay(history, explain=False)
-        state_b, b = _replay(history, explain=True)
-    finally:
-        index.worthwhile = before
-    _same(a, b, state_a, state_b)
+    with incremental_always(history.rulebook):
+        state_a, a = replay_history(history)
+        state_b, b = replay_history(history, explain=True)
+    assert_same_outcomes(a, b, state_a, state_b)
 
 
 def _example_events(rulebook: br.Rulebook) -> list[dict[str, Any]]:
@@ -112,7 +87,7 @@ def test_plans_match_the_interpreter_on_every_example(name: str) -> None:
             outs_a.append(oa)
             outs_b.append(ob)
             a, b = oa.state, ob.state
-        _same(outs_a, outs_b, a, b)
+        assert_same_outcomes(outs_a, outs_b, a, b)
         assert any(o.ledger for o in outs_a), "the example events should earn something"
 
 
@@ -157,7 +132,7 @@ def test_caps_under_late_events_match_the_interpreter(arrivals: list[tuple[int, 
         outs_a.append(oa)
         outs_b.append(ob)
         a, b = oa.state, ob.state
-    _same(outs_a, outs_b, a, b)
+    assert_same_outcomes(outs_a, outs_b, a, b)
 
 
 _CAPPED = make_rulebook(

@@ -42,34 +42,11 @@ def test_the_quota_is_counted_once_per_applied_event(store: SQLiteStore) -> None
     assert engine.buddy("alice").events_applied == 3
 
 
-def test_a_failing_apply_leaves_no_quota_behind(store: SQLiteStore) -> None:
+def test_a_failing_apply_leaves_no_quota_behind(store: SQLiteStore, put_buddy_fails: Any) -> None:
     engine = engine_with(store=store, quota=5)  # type: ignore[arg-type]
     engine.hatch("alice")
-    open_unit = store.unit_of_work
-
-    class Broken:
-        """A unit whose put_buddy fails after the quota was reserved."""
-
-        def __init__(self, unit: Any) -> None:
-            self.unit = unit
-
-        def __enter__(self) -> Broken:
-            self.unit.__enter__()
-            return self
-
-        def __exit__(self, *exc: Any) -> None:
-            self.unit.__exit__(*exc)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.unit, name)
-
-        def put_buddy(self, state: Any) -> None:
-            raise StoreError("disk on fire")
-
-    store.unit_of_work = lambda tenant, key: Broken(open_unit(tenant, key))  # type: ignore[method-assign]
-    with pytest.raises(StoreError):
+    with put_buddy_fails(store), pytest.raises(StoreError):
         engine.send(lesson("e1"))
-    store.unit_of_work = open_unit  # type: ignore[method-assign]
     assert engine.quota_used() == 0  # rolled back with the unit
     assert store.get_receipt("default", "e1") is None
     assert not engine.send(lesson("e1")).replayed

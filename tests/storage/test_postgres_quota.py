@@ -122,40 +122,17 @@ def test_the_usage_threshold_message_is_written_once(pg_store: Any) -> None:
     assert usage[0].payload["used"] == 8
 
 
-class _Broken:
-    """A unit whose put_buddy fails after the quota was reserved."""
-
-    def __init__(self, unit: Any) -> None:
-        self.unit = unit
-
-    def __enter__(self) -> _Broken:
-        self.unit.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.unit.__exit__(*exc)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.unit, name)
-
-    def put_buddy(self, state: Any) -> None:
-        raise StoreError("disk on fire")
-
-
 @pytest.mark.parametrize("warm", [False, True], ids=["reserved-on-reopening", "reserved-early"])
-def test_a_failing_apply_leaves_no_quota_behind(pg_store: Any, warm: bool) -> None:
+def test_a_failing_apply_leaves_no_quota_behind(
+    pg_store: Any, warm: bool, put_buddy_fails: Any
+) -> None:
     engine = _engine(pg_store, quota=5)
     engine.hatch("alice")
     if warm:
         engine.send(_lesson("warm-up"))  # the next unit reserves early
     used = engine.quota_used(MONTH)
-    open_unit = pg_store.unit_of_work
-    pg_store.unit_of_work = lambda tenant, key: _Broken(open_unit(tenant, key))
-    try:
-        with pytest.raises(StoreError, match="disk on fire"):
-            engine.send(_lesson("e1"))
-    finally:
-        pg_store.unit_of_work = open_unit
+    with put_buddy_fails(pg_store), pytest.raises(StoreError, match="disk on fire"):
+        engine.send(_lesson("e1"))
     assert engine.quota_used(MONTH) == used
     assert pg_store.get_receipt(engine.tenant, "e1") is None
     assert not engine.send(_lesson("e1")).replayed
