@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import buddyrules as br
+from buddyrules import BuddyState, Outcome
 from buddyrules.engine import plans
 from buddyrules.engine.plans import plan_for
 
@@ -50,6 +51,23 @@ def test_rules_only_plans_with_incremental_passes_match_the_interpreter(history:
     assert_same_outcomes(a, b, state_a, state_b)
 
 
+def _planned_and_interpreted(
+    rulebook: br.Rulebook, start: BuddyState, events: list[dict[str, Any]]
+) -> list[Outcome]:
+    """Apply ``events`` untraced (a plan) and traced (the interpreter); assert both gave the
+    same outcomes; return the plan's."""
+    a = b = start
+    outs_a, outs_b = [], []
+    for event in events:
+        oa = br.evaluate(rulebook, a, event)
+        ob = br.evaluate(rulebook, b, event, explain=True)
+        outs_a.append(oa)
+        outs_b.append(ob)
+        a, b = oa.state, ob.state
+    assert_same_outcomes(outs_a, outs_b, a, b)
+    return outs_a
+
+
 def _example_events(rulebook: br.Rulebook) -> list[dict[str, Any]]:
     """Two weeks of every registered type with properties near the examples' thresholds."""
     types = sorted({t for ts in rulebook.event_types.values() for t in ts})
@@ -78,17 +96,9 @@ def _example_events(rulebook: br.Rulebook) -> list[dict[str, Any]]:
 def test_plans_match_the_interpreter_on_every_example(name: str) -> None:
     rulebook = br.load_rulebook(EXAMPLES / name / "rulebook.yaml")
     for audience in rulebook.audiences:
-        a = b = br.new_buddy(rulebook, "u1", audience)
-        outs_a, outs_b = [], []
-        for event in _example_events(rulebook):
-            event = {**event, "audience": audience}
-            oa = br.evaluate(rulebook, a, event)
-            ob = br.evaluate(rulebook, b, event, explain=True)
-            outs_a.append(oa)
-            outs_b.append(ob)
-            a, b = oa.state, ob.state
-        assert_same_outcomes(outs_a, outs_b, a, b)
-        assert any(o.ledger for o in outs_a), "the example events should earn something"
+        events = [{**event, "audience": audience} for event in _example_events(rulebook)]
+        outs = _planned_and_interpreted(rulebook, br.new_buddy(rulebook, "u1", audience), events)
+        assert any(o.ledger for o in outs), "the example events should earn something"
 
 
 def test_a_plan_is_compiled_once_per_event_type_and_dropped_with_its_rulebook() -> None:
@@ -122,17 +132,11 @@ def test_keys_are_written_as_literals() -> None:
 def test_caps_under_late_events_match_the_interpreter(arrivals: list[tuple[int, str]]) -> None:
     # Events in any order (late ones included: an earlier day or week than the last
     # credit), against daily and weekly caps and a total limit, written out by the plans.
-    rulebook = _CAPPED
-    a = b = br.new_buddy(rulebook, "u1")
-    outs_a, outs_b = [], []
-    for n, (day, type_) in enumerate(arrivals):
-        event = {"type": type_, "user_id": "u1", "occurred_at": at(days=day, hours=n % 5)}
-        oa = br.evaluate(rulebook, a, event)
-        ob = br.evaluate(rulebook, b, event, explain=True)
-        outs_a.append(oa)
-        outs_b.append(ob)
-        a, b = oa.state, ob.state
-    assert_same_outcomes(outs_a, outs_b, a, b)
+    events = [
+        {"type": type_, "user_id": "u1", "occurred_at": at(days=day, hours=n % 5)}
+        for n, (day, type_) in enumerate(arrivals)
+    ]
+    _planned_and_interpreted(_CAPPED, br.new_buddy(_CAPPED, "u1"), events)
 
 
 _CAPPED = make_rulebook(
