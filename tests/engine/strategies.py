@@ -196,7 +196,17 @@ def small_rulebook_docs(draw: st.DrawFn) -> dict[str, Any]:
         "props.v > 2 and stage >= 2",
     ]
     conditions += [f"streaks.{k}.count >= 2" for k in streak_keys]
+    conditions += [f'streak("{k}") >= 1 or streaks.{k}.best >= 3' for k in streak_keys]
     conditions += [f'has_badge("{k}")' for k in badge_keys]
+    # Reads an event plan writes out differently (engine/inline.py), or leaves to the
+    # namespace (event fields, a whole mapping), and a condition that fails on some events.
+    conditions += [
+        'skill_level("s1") >= 1 and skills.s1.value % 2 == 0',
+        'audience == "student" and len(badges) >= 1',
+        'event.type == "b" or tokens.t2 >= 2',
+        "len(skills) >= 1 and props.v >= 4",
+        "props.w > 1",
+    ]
     condition = st.sampled_from(conditions)
     maybe_condition = st.one_of(st.none(), condition)
     amount = st.one_of(st.integers(0, 12), st.sampled_from(AMOUNTS))
@@ -368,7 +378,9 @@ def small_rulebook_docs(draw: st.DrawFn) -> dict[str, Any]:
 
 small_events = st.tuples(
     st.sampled_from(TYPES),
-    st.fixed_dictionaries({}, optional={"v": st.integers(0, 10)}),
+    st.fixed_dictionaries(
+        {}, optional={"v": st.integers(0, 10), "w": st.sampled_from([0, 2, "x"])}
+    ),
 )
 
 

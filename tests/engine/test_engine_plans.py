@@ -153,3 +153,71 @@ _CAPPED = make_rulebook(
         {"key": "g_week", "event": "lesson", "token": "gems", "amount": 4, "weekly_cap": 9},
     ],
 )
+
+
+def _plan_source(rulebook: br.Rulebook, event_type: str) -> str:
+    """The source of ``event_type``'s plan, as written (not compiled)."""
+    return plans._Writer(rulebook, event_type).source()
+
+
+def test_conditions_are_written_into_the_plan_reading_the_turn() -> None:
+    rulebook = make_rulebook(
+        coin_rules=[
+            {"key": "c", "event": "lesson", "amount": "props.score * 10", "when": "coins < 50"}
+        ],
+        badges=[
+            {"key": "b0"},
+            {"key": "b", "when": 'skills.grammar.level >= 1 and "b0" not in badges'},
+        ],
+        skills=[{"key": "grammar", "max_value": 100, "points_per_level": 20, "max_level": 5}],
+    )
+    source = _plan_source(rulebook, "lesson")
+    assert "props['score']" in source
+    assert "turn.coins < 50" in source
+    assert "_min(turn.skills.get('grammar', 0) //" in source
+    assert "(ns)" not in source  # no expression goes through the namespace
+    assert "open_namespace" not in source
+
+
+@pytest.mark.parametrize(
+    "when",
+    ['event.type == "lesson"', "len(skills) == 0", "len(streaks) >= 1 and coins >= 0"],
+)
+def test_a_plan_builds_the_namespace_for_reads_only_it_holds(when: str) -> None:
+    rulebook = make_rulebook(
+        coin_rules=[{"key": "c", "event": "lesson", "amount": 2, "when": when}],
+        streaks=[{"key": "daily", "events": ["lesson"], "period": "daily"}],
+    )
+    source = _plan_source(rulebook, "lesson")
+    assert "turn.ns or turn.open_namespace(event, ctx)" in source
+    state = br.new_buddy(rulebook, "u1")
+    events = [
+        {"type": "lesson", "user_id": "u1", "occurred_at": at(days=d)} for d in (0, 0.2, 1, 3)
+    ]
+    outs = _planned_and_interpreted(rulebook, state, events)
+    assert sum(o.effects.coins for o in outs) == 8
+
+
+def test_an_unpickled_rulebook_plans_the_same(tmp_path: Path) -> None:
+    # Unpickled expressions are recompiled without the rulebook's symbols, so skill_level()
+    # and streak() become helper calls; plans write those out too.
+    import pickle
+
+    rulebook = make_rulebook(
+        coin_rules=[
+            {"key": "c", "event": "lesson", "amount": 3, "when": 'streak("daily") >= 2'},
+            {"key": "d", "event": "lesson", "amount": 1, "when": 'skill_level("grammar") >= 1'},
+        ],
+        skill_rules=[{"event": "lesson", "skill": "grammar", "amount": 30}],
+        skills=[{"key": "grammar", "max_value": 100, "points_per_level": 20, "max_level": 5}],
+        streaks=[{"key": "daily", "events": ["lesson"], "period": "daily"}],
+    )
+    copy = pickle.loads(pickle.dumps(rulebook))
+    assert "_streak_of(turn.streaks, 'daily').count" in _plan_source(copy, "lesson")
+    events = [
+        {"type": "lesson", "user_id": "u1", "occurred_at": at(days=d)} for d in (0, 1, 2, 2.5)
+    ]
+    a = _planned_and_interpreted(copy, br.new_buddy(copy, "u1"), events)
+    b = _planned_and_interpreted(rulebook, br.new_buddy(rulebook, "u1"), events)
+    assert [o.effects.to_wire() for o in a] == [o.effects.to_wire() for o in b]
+    assert a[-1].state.coins == b[-1].state.coins > 0

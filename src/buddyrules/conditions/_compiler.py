@@ -39,7 +39,7 @@ from ._runtime import (
 )
 from ._source import ParsedSource, parse_source
 
-__all__ = ["NAMES", "Expression", "check_source", "compile_expression"]
+__all__ = ["HELPERS", "NAMES", "Expression", "amount_value", "check_source", "compile_expression"]
 
 #: Function name -> (fewest, most) positional arguments; ``None`` means no upper bound.
 _ARITY: Final[dict[str, tuple[int, int | None]]] = {
@@ -696,6 +696,29 @@ def _failure(error: BaseException) -> EvalFailure:
     return EvalFailure(failure_reason(error))
 
 
+def amount_value(value: Any) -> tuple[int, str | None]:
+    """An evaluated amount as a grant: ``(floor of the number, None)`` or ``(0, reason)``.
+
+    A negative number, a bool, None, a string, a collection, NaN, an infinity or an
+    :class:`EvalFailure` gives 0 and says why (see :meth:`Expression.amount`).
+    """
+    if type(value) is EvalFailure:
+        return 0, value.reason
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0, f"amount is not a number: {short_repr(value)}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return 0, "amount is not a number: nan"
+        if math.isinf(value):
+            return 0, f"amount is infinite: {value}"
+        whole = math.floor(value)
+    else:
+        whole = int(value)
+    if whole < 0:
+        return 0, f"negative amount {short_repr(value)}"
+    return whole, None
+
+
 _GLOBALS: Final[dict[str, Any]] = {
     # No builtins at all: the compiled code only calls the helpers below.
     "__builtins__": {},
@@ -714,6 +737,10 @@ _GLOBALS: Final[dict[str, Any]] = {
     "_skill_level": skill_level_of,
     "_streak": streak_count_of,
 }
+
+#: The names compiled expressions call, for code that inlines an expression's tree (see
+#: :attr:`Expression.tree`): the same objects under the same names, builtins excluded.
+HELPERS: Final[Mapping[str, Any]] = {k: v for k, v in _GLOBALS.items() if k != "__builtins__"}
 
 
 class _Substitute(ast.NodeTransformer):
@@ -783,18 +810,22 @@ class Expression:
             :class:`EvalFailure` (never raises).
         test: ``test(ns)`` returns ``(passed, reason)``: ``passed`` is true when the value
             is truthy and nothing failed; ``reason`` is the failure reason or None.
+        tree: the checked expression as the compiled functions evaluate it (a syntax tree
+            that reads only ``ns[...]`` and calls only the names in :data:`HELPERS`), for
+            code generators that inline it (``engine/plans.py``). Do not mutate it.
 
     ``evaluate`` and ``test`` are the compiled functions themselves (stored on the
     instance, not methods) so that a call costs one Python frame.
     """
 
-    __slots__ = ("_paths", "evaluate", "kind", "reads", "source", "test")
+    __slots__ = ("_paths", "evaluate", "kind", "reads", "source", "test", "tree")
 
     source: str
     kind: str
     reads: tuple[str, ...]
     evaluate: Callable[[Namespace], Any]
     test: Callable[[Namespace], tuple[bool, str | None]]
+    tree: ast.expr
     _paths: tuple[tuple[str, tuple[str, ...]], ...]
 
     def __init__(
@@ -804,6 +835,7 @@ class Expression:
         paths: tuple[tuple[str, ...], ...],
         evaluate: Callable[[Namespace], Any],
         test: Callable[[Namespace], tuple[bool, str | None]],
+        tree: ast.expr,
     ) -> None:
         rendered = tuple((render_path(path), path) for path in paths)
         set_ = object.__setattr__
@@ -813,6 +845,7 @@ class Expression:
         set_(self, "reads", tuple(text for text, _ in rendered))
         set_(self, "evaluate", evaluate)
         set_(self, "test", test)
+        set_(self, "tree", tree)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Expression is immutable")
@@ -826,22 +859,7 @@ class Expression:
         A negative number, a bool, None, a string, a collection, NaN, an infinity or a
         failed evaluation gives 0 and says why.
         """
-        value = self.evaluate(ns)
-        if type(value) is EvalFailure:
-            return 0, value.reason
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return 0, f"amount is not a number: {short_repr(value)}"
-        if isinstance(value, float):
-            if math.isnan(value):
-                return 0, "amount is not a number: nan"
-            if math.isinf(value):
-                return 0, f"amount is infinite: {value}"
-            whole = math.floor(value)
-        else:
-            whole = int(value)
-        if whole < 0:
-            return 0, f"negative amount {short_repr(value)}"
-        return whole, None
+        return amount_value(self.evaluate(ns))
 
     @property
     def read_paths(self) -> tuple[tuple[str, ...], ...]:
@@ -888,7 +906,7 @@ def _compile(source: str, symbols: Symbols | None, kind: str) -> Expression:
             f"an amount must be a number, but this expression gives {kind_name}", parsed.tree
         )
     evaluate, test = _build(source, code)
-    return Expression(source, kind, checker.reads(), evaluate, test)
+    return Expression(source, kind, checker.reads(), evaluate, test, code)
 
 
 def compile_expression(

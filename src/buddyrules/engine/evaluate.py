@@ -144,24 +144,19 @@ def evaluate(
     tz = zone(state.timezone) if state.timezone else rulebook.period_tz
     ctx = EventContext(event_type, audience, occurred_at, local_day(occurred_at, tz))
     turn = Turn(rulebook, state, explain)
-    if explain or rulebook.reads_event_time:
-        event_ns = {
-            "type": event_type,
-            "audience": audience,
-            "user_id": ev.user_id,
-            "occurred_at": occurred_at.isoformat(),
-            "properties": ev.properties,
-        }
-    else:
-        # Rendering the time costs more than a rule: only done when something can read it
-        # (no expression of this rulebook reads ``event.occurred_at``, see reads_event_time).
-        event_ns = {
-            "type": event_type,
-            "audience": audience,
-            "user_id": ev.user_id,
-            "properties": ev.properties,
-        }
-    turn.build_namespace(event_ns, audience)
+    if explain:
+        # The interpreter's conditions read the namespace (plans read the turn itself and
+        # build one only if some expression needs it: Turn.open_namespace).
+        turn.build_namespace(
+            {
+                "type": event_type,
+                "audience": audience,
+                "user_id": ev.user_id,
+                "occurred_at": occurred_at.isoformat(),
+                "properties": ev.properties,
+            },
+            audience,
+        )
 
     # 1. counters
     counters = turn.counters
@@ -174,7 +169,7 @@ def evaluate(
         step = plan.get(event_type) if plan is not None else None
         if step is None:
             step = plan_for(rulebook, event_type)
-        step(turn, ctx, turn.ns, audience)
+        step(turn, ctx, ev, audience)
         last = state.last_event_at
         return turn.finish(
             last_event_at=occurred_at if last is None or occurred_at > last else last,
@@ -197,7 +192,9 @@ def evaluate(
             apply_token_rules(turn, token_rules, ctx)
     else:
         # Steps 2-3 through the event type's rules-only plan (see plans.py).
-        plan_for(rulebook, event_type, rules_only=True)(turn, ctx, turn.ns, audience)
+        plan_for(rulebook, event_type, rules_only=True)(turn, ctx, ev, audience)
+        if not turn.ns:  # the interpreter's passes below read the namespace
+            turn.open_namespace(ev, ctx)
     # Steps 4 and 5 test only the conditions whose inputs changed when the input state
     # was settled by an earlier evaluate under this rulebook (see _changed_by_rules).
     if watching:

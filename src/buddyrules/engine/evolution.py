@@ -23,7 +23,8 @@ def next_stage_ready(turn: Turn) -> tuple[bool, str | None]:
 def evolve_now(turn: Turn, reason: str) -> None:
     """Advance one stage (the caller checked readiness)."""
     turn.stage += 1
-    turn.ns["stage"] = turn.stage
+    if turn.ns:  # a live namespace is kept current (a plan may run without one)
+        turn.ns["stage"] = turn.stage
     turn.evolved_to = turn.stage
     turn.visible = True
     stage = turn.rulebook.stages[turn.stage - 1]

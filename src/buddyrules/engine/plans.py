@@ -20,8 +20,11 @@ reason); a rulebook whose badge and path passes are incremental (many skippable 
 see ``rulebook/_deps.py``) runs a rules-only plan, then the incremental passes.
 
 Only constants chosen here go into the source: keys and reasons as ``repr`` literals, numbers
-as ints, and everything else (conditions, rewards, rule objects) as names bound in the
-function's globals; no text from a rulebook is ever pasted into code.
+as ints, and everything else (rewards, rule objects) as names bound in the function's
+globals; no text from a rulebook is ever pasted into code. Conditions and amounts are
+written in as their checked syntax trees, rewritten to read the turn rather than a
+namespace (:mod:`buddyrules.engine.inline`); an expression that needs the namespace is
+called through its compiled function, and the plan then builds the namespace first.
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from buddyrules.conditions import Expression
+from buddyrules.conditions._compiler import HELPERS, amount_value
 from buddyrules.engine.context import EventContext
-from buddyrules.engine.evolution import evolve_now, next_stage_ready
+from buddyrules.engine.evolution import evolve_now
+from buddyrules.engine.inline import inline_source, streak_of
 from buddyrules.engine.paths import _NO_PROGRESS
-from buddyrules.engine.rules import _amount
 from buddyrules.engine.turn import Turn
+from buddyrules.events import Event
 from buddyrules.rulebook.compiled import (
     Amount,
     Badge,
@@ -50,8 +56,10 @@ from buddyrules.state import trusted_path, trusted_streak, trusted_usage
 
 __all__ = ["Plan", "plan_for", "plans_of"]
 
-#: ``plan(turn, ctx, ns, audience)`` runs steps 2-6 of SPEC §3 for one event type.
-Plan = Callable[[Turn, EventContext, dict[str, Any], str], None]
+#: ``plan(turn, ctx, event, audience)`` runs steps 2-6 of SPEC §3 for one event type.
+#: ``turn.ns`` is the condition namespace if one is live, else empty; a plan that needs one
+#: builds it (``Turn.open_namespace``), and the mechanics keep a live one current.
+Plan = Callable[[Turn, EventContext, Event, str], None]
 
 # Plans per live rulebook, keyed by id (a Rulebook is pickled by ``testing.check``, so the
 # plans, which cannot be pickled, are kept beside it rather than in its ``__dict__``).
@@ -91,10 +99,12 @@ class _Writer:
         self.event_type = event_type
         self.lines: list[str] = []
         self.globals: dict[str, Any] = {
+            **HELPERS,  # what inlined expressions call (_min, _round, _reason, ...)
             "__builtins__": {},
             "_usage": trusted_usage,
             "_dict": dict,
-            "_amount": _amount,
+            "_amount_value": amount_value,
+            "_streak_of": streak_of,
             "_floor": math.floor,
             "_max": max,
             "_min": min,
@@ -106,8 +116,9 @@ class _Writer:
             "_path": trusted_path,
             "_len": len,
             "_evolve_now": evolve_now,
-            "_next_stage_ready": next_stage_ready,
         }
+        # Set once an expression could not be inlined: the plan then builds the namespace.
+        self.uses_ns = False
 
     def bind(self, value: Any) -> str:
         """A global name for ``value`` (a condition, a rule, a tuple...)."""
@@ -118,10 +129,50 @@ class _Writer:
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
+    def cond(self, depth: int, expr: Expression, failed: list[str]) -> None:
+        """Emit ``ok = <expr holds>``; on an evaluation failure ``ok`` is False and the
+        lines ``failed`` run with ``problem`` set to the reason (as ``expr.test`` gives)."""
+        source = inline_source(self.rulebook, expr)
+        if source is None:
+            self.uses_ns = True
+            self.emit(depth, f"ok, problem = {self.bind(expr.test)}(ns)")
+            self.emit(depth, "if problem is not None:")
+        else:
+            # ``not not`` takes the truth value inside the try, as the compiled test does.
+            self.emit(depth, "try:")
+            self.emit(depth + 1, f"ok = not not ({source})")
+            self.emit(depth, "except _Exception as error:")
+            self.emit(depth + 1, "ok = False")
+            self.emit(depth + 1, "problem = _reason(error)")
+        for line in failed:
+            self.emit(depth + 1, line)
+
+    def value(self, depth: int, expr: Expression) -> None:
+        """Emit ``value = <expr>``, an :class:`EvalFailure` if it fails (``expr.evaluate``)."""
+        source = inline_source(self.rulebook, expr)
+        if source is None:
+            self.uses_ns = True
+            self.emit(depth, f"value = {self.bind(expr.evaluate)}(ns)")
+            return
+        self.emit(depth, "try:")
+        self.emit(depth + 1, f"value = ({source})")
+        self.emit(depth, "except _Exception as error:")
+        self.emit(depth + 1, "value = _failure(error)")
+
     def build(self, *, rules_only: bool = False) -> Plan:
+        """The plan, compiled from :meth:`source`."""
+        source = self.source(rules_only=rules_only)
+        name = f"<buddyrules plan {self.event_type!r} {self.rulebook.version}>"
+        code = compile(source, name, "exec")
+        exec(code, self.globals)  # source written by self.source from constants chosen there
+        plan: Plan = self.globals["plan"]
+        return plan
+
+    def source(self, *, rules_only: bool = False) -> str:
+        """The plan's source (its constants are bound in ``self.globals``)."""
         rb = self.rulebook
         event_type = self.event_type
-        self.emit(0, "def plan(turn, ctx, ns, audience):")
+        self.emit(0, "def plan(turn, ctx, event, audience):")
         for streak in rb.streaks_by_type.get(event_type, ()):
             self.streak(streak)
         for rule in rb.coin_rules_by_type.get(event_type, ()):
@@ -136,11 +187,14 @@ class _Writer:
             if len(rb.stages) > 1:
                 self.evolution()
         self.emit(1, "return None")
-        source = "\n".join(self.lines) + "\n"
-        code = compile(source, f"<buddyrules plan {event_type!r} {rb.version}>", "exec")
-        exec(code, self.globals)  # source written above from constants chosen here
-        plan: Plan = self.globals["plan"]
-        return plan
+        # The prologue, known only now: whether some expression reads the namespace.
+        self.lines[1:1] = [
+            "    props = event.properties",
+            "    ns = turn.ns or turn.open_namespace(event, ctx)"
+            if self.uses_ns
+            else "    ns = turn.ns",
+        ]
+        return "\n".join(self.lines) + "\n"
 
     # -- step 2: streaks ------------------------------------------------------------------
 
@@ -217,7 +271,8 @@ class _Writer:
             f"turn.set_streak({key!r}, _streak({{'count': count, 'best': best, "
             "'last_period': period, 'milestones_paid': paid}))",
         )
-        self.emit(d, f"ns['streaks'][{key!r}] = {{'count': count, 'best': best}}")
+        self.emit(d, "if ns:")  # a live namespace is kept current
+        self.emit(d + 1, f"ns['streaks'][{key!r}] = {{'count': count, 'best': best}}")
         self.emit(d, "turn.visible = True")
         ticked = f"{{'streak': {key!r}, 'change': 'ticked', 'count': count}}"
         self.emit(d, f"turn.streak_changes.append({ticked})")
@@ -237,23 +292,8 @@ class _Writer:
 
     def evolution(self) -> None:
         """``evolution.evaluate_evolution`` (untraced) written out for the rulebook's stages."""
-        stages = self.rulebook.stages
         self.emit(1, "stage = turn.stage")
-        first = True
-        for number in range(1, len(stages)):
-            when = stages[number].when  # stages[n] is stage n + 1
-            if when is None:
-                continue
-            self.emit(1, f"{'if' if first else 'elif'} stage == {number}:")
-            self.emit(2, f"ok, problem = {self.bind(when.test)}(ns)")
-            first = False
-        if first:
-            self.emit(1, "ok, problem = False, None")
-        else:
-            self.emit(1, "else:")
-            self.emit(2, "ok, problem = False, None")
-        self.emit(1, "if problem is not None:")
-        self.emit(2, "turn.problem(f'evolution.stages[{stage}]', 'condition: ' + problem)")
+        self.next_stage(["turn.problem(f'evolution.stages[{stage}]', 'condition: ' + problem)"])
         self.emit(1, "if ok and turn.evolution_notified < stage + 1:")
         self.emit(2, "turn.evolution_notified = stage + 1")
         self.emit(2, "turn.evolution_became_ready = True")
@@ -262,8 +302,28 @@ class _Writer:
         if self.rulebook.auto_evolve:
             self.emit(1, "if ok:")
             self.emit(2, "_evolve_now(turn, 'auto_evolve')")
-            self.emit(2, "ok, _ = _next_stage_ready(turn)")
+            # Readiness of the stage after (``next_stage_ready``; a failure is not reported).
+            self.emit(2, "stage = turn.stage")
+            self.next_stage([], depth=2)
         self.emit(1, "turn.evolution_ready = ok")
+
+    def next_stage(self, failed: list[str], depth: int = 1) -> None:
+        """Emit ``ok`` = the condition of the stage after ``stage`` holds (False at the last
+        stage or for a stage without a condition): ``evolution.next_stage_ready``."""
+        stages = self.rulebook.stages
+        first = True
+        for number in range(1, len(stages)):
+            when = stages[number].when  # stages[n] is stage n + 1
+            if when is None:
+                continue
+            self.emit(depth, f"{'if' if first else 'elif'} stage == {number}:")
+            self.cond(depth + 1, when, failed or ["pass"])
+            first = False
+        if first:
+            self.emit(depth, "ok = False")
+        else:
+            self.emit(depth, "else:")
+            self.emit(depth + 1, "ok = False")
 
     # -- steps 3: coin, skill and token rules ---------------------------------------------
 
@@ -273,9 +333,7 @@ class _Writer:
             self.emit(depth, f"if audience == {audience!r}:")
             depth += 1
         if when is not None:
-            self.emit(depth, f"ok, problem = {self.bind(when.test)}(ns)")
-            self.emit(depth, "if problem is not None:")
-            self.emit(depth + 1, f"turn.problem({key!r}, 'condition: ' + problem)")
+            self.cond(depth, when, [f"turn.problem({key!r}, 'condition: ' + problem)"])
             self.emit(depth, "if ok:")
             depth += 1
         return depth
@@ -286,7 +344,11 @@ class _Writer:
             literal = amount.literal or 0
             self.emit(depth, f"grant = {int(literal)}")
             return literal > 0
-        self.emit(depth, f"grant = _amount(turn, {key!r}, {self.bind(amount)}, None)")
+        # rules._amount: the value as a grant; a failure or a bad value grants 0, reported.
+        self.value(depth, amount.expr)
+        self.emit(depth, "grant, problem = _amount_value(value)")
+        self.emit(depth, "if problem is not None:")
+        self.emit(depth + 1, f"turn.problem({key!r}, 'amount: ' + problem)")
         return False
 
     def coin_rule(self, rule: CoinRule) -> None:
@@ -297,9 +359,9 @@ class _Writer:
             self.emit(depth, "if grant > 0:")
             self.emit(depth + 1, "factor = 1")
             for cond, factor in rule.multipliers:
-                self.emit(depth + 1, f"ok, problem = {self.bind(cond.test)}(ns)")
-                self.emit(depth + 1, "if problem is not None:")
-                self.emit(depth + 2, f"turn.problem({rule.key!r}, 'multiplier: ' + problem)")
+                self.cond(
+                    depth + 1, cond, [f"turn.problem({rule.key!r}, 'multiplier: ' + problem)"]
+                )
                 self.emit(depth + 1, "if ok:")
                 self.emit(depth + 2, f"factor *= {self.bind(factor)}")
             self.emit(depth + 1, "grant = _floor(grant * factor)")
@@ -456,9 +518,7 @@ class _Writer:
 
     def test(self, depth: int, expr: Any, where: str) -> None:
         """Emit ``ok = <expr holds>``, recording a failure as a problem of ``where``."""
-        self.emit(depth, f"ok, problem = {self.bind(expr.test)}(ns)")
-        self.emit(depth, "if problem is not None:")
-        self.emit(depth + 1, f"turn.problem({where!r}, problem)")
+        self.cond(depth, expr, [f"turn.problem({where!r}, problem)"])
 
     def path(self, depth: int, path: Path) -> None:
         """``paths._advance_path`` (untraced) written out for one path's steps."""
@@ -565,15 +625,19 @@ class _Writer:
         tests.extend(f"{required!r} in awarded" for required in badge.requires)
         self.emit(2, f"if {' and '.join(tests)}:")
         assert badge.when is not None
-        self.emit(3, f"ok, problem = {self.bind(badge.when.test)}(ns)")
-        self.emit(3, "if problem is not None:")
         # A failing condition is reported once per event, not once per pass.
-        self.emit(4, "if reported is None:")
-        self.emit(5, "reported = _set()")
-        self.emit(4, f"if {key!r} not in reported:")
-        self.emit(5, f"reported.add({key!r})")
-        self.emit(5, f"turn.problem({key!r}, 'condition: ' + problem)")
-        self.emit(3, "elif ok:")
+        self.cond(
+            3,
+            badge.when,
+            [
+                "if reported is None:",
+                "    reported = _set()",
+                f"if {key!r} not in reported:",
+                f"    reported.add({key!r})",
+                f"    turn.problem({key!r}, 'condition: ' + problem)",
+            ],
+        )
+        self.emit(3, "if ok:")
         if badge.mode == "manual":
             self.emit(4, f"turn.mark_ready({key!r})")
         else:

@@ -17,7 +17,6 @@ event.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from buddyrules.engine.context import EventContext
 from buddyrules.engine.evaluate import check_event
@@ -75,16 +74,9 @@ class BuddyReplay:
         # Which token keys the state keeps: a chain of evaluate calls keeps a key once some
         # event ended with it non-zero (Turn.finish), so a replay tracks the same.
         self._tokens = set(state.tokens)
+        # No namespace until a plan needs one (Turn.open_namespace); once built it stays
+        # live (the mechanics keep it current) and only its event part changes per event.
         turn = Turn(rulebook, state, False)
-        # The event part of the namespace, as evaluate builds it (same keys, same order),
-        # kept and updated in place: the user and audience are the buddy's for every event.
-        event_ns: dict[str, Any] = {"type": "", "audience": audience}
-        event_ns["user_id"] = state.user_id
-        if self._with_time:
-            event_ns["occurred_at"] = ""
-        event_ns["properties"] = {}
-        self._event_ns = event_ns
-        turn.build_namespace(event_ns, audience)
         # One context, updated per event (nothing keeps a context past its event).
         self._ctx = EventContext("", audience, datetime.min.replace(tzinfo=UTC), 1)
         if record_grants:
@@ -103,13 +95,14 @@ class BuddyReplay:
             turn.next_event()
         event_type = event.type
         ns = turn.ns
-        event_ns = self._event_ns
-        event_ns["type"] = event_type
-        if self._with_time:
-            event_ns["occurred_at"] = occurred_at.isoformat()
-        props = event.properties
-        event_ns["properties"] = props
-        ns["props"] = props
+        if ns:
+            event_ns = ns["event"]
+            event_ns["type"] = event_type
+            if self._with_time:
+                event_ns["occurred_at"] = occurred_at.isoformat()
+            props = event.properties
+            event_ns["properties"] = props
+            ns["props"] = props
         ctx = self._ctx
         ctx.move_to(event_type, occurred_at, local_day(occurred_at, self._tz))
         counters = turn.counters
@@ -119,7 +112,7 @@ class BuddyReplay:
             # The full plan whatever the rulebook's incremental passes: full badge and path
             # passes give the same results (tests/engine/test_engine_incremental.py).
             plan = plan_for(self._rulebook, event_type)
-        plan(turn, ctx, ns, audience)
+        plan(turn, ctx, event, audience)
         self._applied += 1
         last = self._last
         if last is None or occurred_at > last:

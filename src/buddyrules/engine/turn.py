@@ -20,6 +20,8 @@ from operator import itemgetter
 from typing import Any, ClassVar, NamedTuple
 
 from buddyrules.effects import Effects, build_effects, frozen_builder
+from buddyrules.engine.context import EventContext
+from buddyrules.events import Event
 from buddyrules.rulebook.compiled import Reward, Rulebook
 from buddyrules.state import BuddyState, PathState, RuleUsage, StreakState, trusted_state
 
@@ -334,6 +336,22 @@ class Turn:
             "audience": audience,
         }
         return self.ns
+
+    def open_namespace(self, event: Event, ctx: EventContext) -> dict[str, Any]:
+        """Build the namespace for ``event`` (as ``evaluate`` does) when a plan needs one.
+
+        The event part holds ``occurred_at`` only if an expression of the rulebook can read
+        it (:attr:`Rulebook.reads_event_time`).
+        """
+        event_ns: dict[str, Any] = {
+            "type": ctx.type,
+            "audience": ctx.audience,
+            "user_id": event.user_id,
+        }
+        if self.rulebook.reads_event_time:
+            event_ns["occurred_at"] = ctx.occurred_at.isoformat()
+        event_ns["properties"] = event.properties
+        return self.build_namespace(event_ns, ctx.audience)
 
     # -- copy on write -------------------------------------------------------------------
 
