@@ -145,17 +145,29 @@ def frozen_builder(cls: type[_T]) -> Callable[..., _T]:
 
     A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; with
     fifteen fields that costs more than the rest of building the record. The function
-    returned sets the slots through their descriptors instead (about twice as fast). It
-    takes every field, positionally, in declaration order, and runs no ``__post_init__``.
+    returned fills a plain slotted twin of ``cls`` (same slots, so the same memory layout)
+    with ordinary attribute stores, then makes it a ``cls`` by assigning ``__class__``,
+    which CPython allows between such layouts: about 2.5x faster, and the result is an
+    ordinary ``cls`` instance (frozen, equal to one built by ``cls(...)``). It takes every
+    field, positionally, in declaration order, and runs no ``__post_init__``.
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    for name in names:
-        namespace[f"_set_{name}"] = cls.__dict__[name].__set__
-    lines = [f"def build({', '.join(names)}):", "    o = _new(_cls)"]
-    lines += [f"    _set_{name}(o, {name})" for name in names]
-    lines.append("    return o")
-    exec("\n".join(lines), namespace)  # generated from the field names above only
+    slots = tuple(cls.__slots__)  # type: ignore[attr-defined]
+    if sorted(slots) != sorted(names):
+        raise TypeError(f"{cls.__name__} must be a slotted dataclass with only its fields")
+    namespace: dict[str, Any] = {"_cls": cls}
+    # Generated from the dataclass's own field names only.
+    lines = [
+        "class Draft:",
+        f"    __slots__ = {slots!r}",
+        f"    def __init__(self, {', '.join(names)}):",
+        *[f"        self.{name} = {name}" for name in names],
+        f"def build({', '.join(names)}):",
+        f"    o = Draft({', '.join(names)})",
+        "    o.__class__ = _cls",
+        "    return o",
+    ]
+    exec("\n".join(lines), namespace)
     build: Callable[..., _T] = namespace["build"]
     return build
 
