@@ -259,3 +259,32 @@ def test_ledger_entries_and_notifications_are_immutable_records(language: br.Rul
         "best": 1,
     }
     assert isinstance(entry, br.LedgerEntry) and isinstance(note, br.Notification)
+
+
+def test_ledger_and_notifications_behave_as_tuples_of_records(language: br.Rulebook) -> None:
+    import pickle
+
+    from buddyrules.engine.turn import Records
+
+    outcome = br.evaluate(
+        language, br.new_buddy(language, "u1"), event("lesson_completed", at(), score=1.0)
+    )
+    ledger, notes = outcome.ledger, outcome.notifications
+    # Built from the turn's rows when first read, then kept.
+    assert isinstance(ledger, Records) and isinstance(notes, Records)
+    as_tuple = tuple(ledger)
+    assert ledger.items() is ledger.items()
+    assert len(ledger) == len(as_tuple) == 5 and bool(ledger)
+    assert ledger == as_tuple and as_tuple == ledger and ledger[1:] == as_tuple[1:]
+    assert ledger[-1] == ("token:xp", 25, 25, "rule:token_rules[0]")
+    assert [n.type for n in notes][:2] == ["streak.ticked", "coins.earned"]
+    assert notes[1].payload == {"amount": 5, "balance": 5, "reason": "streak:daily_lesson"}
+    assert hash(ledger) == hash(as_tuple) and repr(ledger) == repr(as_tuple)
+    assert pickle.loads(pickle.dumps(outcome)) == outcome
+    assert pickle.loads(pickle.dumps(notes)) == tuple(notes)
+    assert ledger.index(as_tuple[2]) == 2 and as_tuple[0] in ledger
+    assert (ledger == ["not", "a", "tuple"]) is False
+    login = br.evaluate(language, outcome.state, event("daily_login", at(hours=1)))
+    capped = br.evaluate(language, login.state, event("daily_login", at(hours=2)))
+    assert capped.effects.debug_reason == "rewards_capped"
+    assert capped.ledger == () and capped.notifications == ()  # nothing to build

@@ -15,7 +15,7 @@ from hypothesis import given
 import buddyrules as br
 from buddyrules import BuddyState
 from buddyrules.engine.replay import BuddyReplay
-from buddyrules.engine.turn import Turn
+from buddyrules.engine.turn import Turn, ledger_entry, notification
 from buddyrules.errors import ValidationFailed
 from buddyrules.events import Event
 from buddyrules.simulate._rulestats import recorded_grants
@@ -37,8 +37,11 @@ def _changes(turn: Turn) -> dict[str, Any]:
         "evolved_to": turn.evolved_to,
         "paths": tuple(turn.path_changes),
         "problems": tuple(turn.problems),
-        "ledger": tuple(turn.ledger),
-        "notifications": None if turn.notifications is None else tuple(turn.notifications),
+        # A turn writes rows; the outcome presents them as records.
+        "ledger": tuple(map(ledger_entry, turn.ledger)),
+        "notifications": None
+        if turn.notifications is None
+        else tuple(map(notification, turn.notifications)),
     }
 
 

@@ -129,6 +129,14 @@ class _Writer:
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
+    def notify(self, depth: int, kind: str, **payload: str) -> None:
+        """Emit ``turn.notify(kind, {key: value, ...})`` as the row it writes (a turn's
+        ``NoteRow``: the payload's keys, then its values as source expressions)."""
+        keys = tuple(payload)
+        values = ", ".join(payload.values())
+        self.emit(depth, "if notes is not None:")
+        self.emit(depth + 1, f"notes.append(({kind!r}, {keys!r}, {values}))")
+
     def cond(self, depth: int, expr: Expression, failed: list[str]) -> None:
         """Emit ``ok = <expr holds>``; on an evaluation failure ``ok`` is False and the
         lines ``failed`` run with ``problem`` set to the reason (as ``expr.test`` gives)."""
@@ -190,6 +198,7 @@ class _Writer:
         # The prologue, known only now: whether some expression reads the namespace.
         self.lines[1:1] = [
             "    props = event.properties",
+            "    notes = turn.notifications",
             "    ns = turn.ns or turn.open_namespace(event, ctx)"
             if self.uses_ns
             else "    ns = turn.ns",
@@ -252,10 +261,7 @@ class _Writer:
             f"turn.streak_changes.append({{'streak': {key!r}, 'change': 'burned', "
             "'count_before': current.count})",
         )
-        self.emit(
-            e + 2,
-            f"turn.notify('streak.burned', {{'streak': {key!r}, 'count_before': current.count}})",
-        )
+        self.notify(e + 2, "streak.burned", streak=repr(key), count_before="current.count")
         self.emit(e + 2, "count = 1")
         self.emit(e, "best = _max(count, current.best)")
         if streak.milestones:
@@ -276,18 +282,14 @@ class _Writer:
         self.emit(d, "turn.visible = True")
         ticked = f"{{'streak': {key!r}, 'change': 'ticked', 'count': count}}"
         self.emit(d, f"turn.streak_changes.append({ticked})")
-        self.emit(
-            d, f"turn.notify('streak.ticked', {{'streak': {key!r}, 'count': count, 'best': best}})"
-        )
+        self.notify(d, "streak.ticked", streak=repr(key), count="count", best="best")
         if not streak.tick_reward.is_empty:
             self.emit(d, f"turn.pay({self.bind(streak.tick_reward)}, {f'streak:{key}'!r})")
         if streak.milestones:
             self.emit(d, "if due:")
             self.emit(d + 1, "for reached, reward in due:")
             self.emit(d + 2, f"turn.milestones.append({{'streak': {key!r}, 'count': reached}})")
-            self.emit(
-                d + 2, f"turn.notify('streak.milestone', {{'streak': {key!r}, 'count': reached}})"
-            )
+            self.notify(d + 2, "streak.milestone", streak=repr(key), count="reached")
             self.emit(d + 2, f"turn.pay(reward, f'streak_milestone:{key}:{{reached}}')")
 
     def evolution(self) -> None:
@@ -298,7 +300,7 @@ class _Writer:
         self.emit(2, "turn.evolution_notified = stage + 1")
         self.emit(2, "turn.evolution_became_ready = True")
         self.emit(2, "turn.visible = True")
-        self.emit(2, "turn.notify('evolution.ready', {'stage': stage + 1})")
+        self.notify(2, "evolution.ready", stage="stage + 1")
         if self.rulebook.auto_evolve:
             self.emit(1, "if ok:")
             self.emit(2, "_evolve_now(turn, 'auto_evolve')")
@@ -591,7 +593,7 @@ class _Writer:
                 f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
                 "'status': 'completed'})",
             )
-            self.emit(g, f"turn.notify('path.step_completed', {{'path': {pk!r}, 'step': {sk!r}}})")
+            self.notify(g, "path.step_completed", path=repr(pk), step=repr(sk))
             self.emit(g, f"turn.set_path({pk!r}, _path({progress}))")
             self.emit(g, f"turn.pay({self.bind(step.reward)}, {f'path:{pk}:{sk}'!r})")
             self.emit(g, "prev = True")

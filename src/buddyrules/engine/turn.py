@@ -14,10 +14,11 @@ methods. The input state is never mutated either way.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar, overload
 
 from buddyrules.effects import Effects, build_effects, frozen_builder
 from buddyrules.engine.context import EventContext
@@ -25,7 +26,7 @@ from buddyrules.events import Event
 from buddyrules.rulebook.compiled import Reward, Rulebook
 from buddyrules.state import BuddyState, PathState, RuleUsage, StreakState, trusted_state
 
-__all__ = ["LedgerEntry", "Notification", "Outcome", "Turn"]
+__all__ = ["LedgerEntry", "Notification", "Outcome", "Records", "Turn"]
 
 
 # LedgerEntry and Notification are named tuples rather than frozen dataclasses: several of
@@ -46,15 +47,96 @@ class Notification(NamedTuple):
     payload: dict[str, Any]
 
 
+#: A ledger row as a turn writes it: ``(currency, amount, balance_after, reason)``.
+LedgerRow = tuple[str, int, int, str]
+#: A notification as a turn writes it: ``(type, keys, *values)`` with the payload's keys and
+#: values, or ``(type, None, payload)`` with the payload itself.
+NoteRow = tuple[Any, ...]
+
+_R = TypeVar("_R")
+_tuple_new = tuple.__new__  # builds a named tuple without its Python-level __new__
+
+
+def ledger_entry(row: LedgerRow) -> LedgerEntry:
+    """The :class:`LedgerEntry` of a turn's ledger row."""
+    return _tuple_new(LedgerEntry, row)
+
+
+def notification(row: NoteRow) -> Notification:
+    """The :class:`Notification` of a turn's notification row."""
+    keys = row[1]
+    payload = row[2] if keys is None else dict(zip(keys, row[2:], strict=True))
+    return _tuple_new(Notification, (row[0], payload))
+
+
+class Records(Sequence[_R]):
+    """An immutable sequence of records, built from a turn's rows when first read.
+
+    Most callers of ``evaluate`` keep the state and the effects and never read the ledger
+    entries or notifications (a replay, a simulation, a property test), so the outcome
+    keeps the compact rows the turn wrote and builds the :class:`LedgerEntry` and
+    :class:`Notification` records (and the payload dicts) only when they are read. It
+    behaves as the tuple of those records: same length, items, iteration, ``==`` and
+    hash, and pickles as that tuple.
+    """
+
+    __slots__ = ("_built", "_make", "_rows")
+
+    def __init__(self, rows: Sequence[Any], make: Callable[[Any], _R]) -> None:
+        self._rows = rows
+        self._make = make
+        self._built: tuple[_R, ...] | None = None
+
+    def items(self) -> tuple[_R, ...]:
+        """The records as a tuple (built once)."""
+        built = self._built
+        if built is None:
+            built = self._built = tuple(map(self._make, self._rows))
+        return built
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> _R: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[_R, ...]: ...
+    def __getitem__(self, index: int | slice) -> _R | tuple[_R, ...]:
+        return self.items()[index]
+
+    def __iter__(self) -> Iterator[_R]:
+        return iter(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Records):
+            return self.items() == other.items()
+        if isinstance(other, tuple):
+            return self.items() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.items())
+
+    def __repr__(self) -> str:
+        return repr(self.items())
+
+    def __reduce__(self) -> tuple[type[tuple[_R, ...]], tuple[tuple[_R, ...]]]:
+        return tuple, (self.items(),)
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one pure step produced: the new state, the effects, and what to record."""
+    """What one pure step produced: the new state, the effects, and what to record.
+
+    ``ledger`` and ``notifications`` are sequences of :class:`LedgerEntry` and
+    :class:`Notification` (tuples, or :class:`Records` that build them on first read).
+    """
 
     state: BuddyState
     effects: Effects
     trace: tuple[dict[str, Any], ...] | None = None
-    ledger: tuple[LedgerEntry, ...] = ()
-    notifications: tuple[Notification, ...] = ()
+    ledger: Sequence[LedgerEntry] = ()
+    notifications: Sequence[Notification] = ()
 
 
 #: The key, in a state's ``__dict__`` (not a field: never serialised, ignored by ``==``),
@@ -93,8 +175,13 @@ def settled_carry(rulebook: Rulebook, state: BuddyState) -> int | None:
     return None
 
 
-_tuple_new = tuple.__new__  # builds a named tuple without its Python-level __new__
 _build_outcome = frozen_builder(Outcome)
+_records = Records
+#: The keys of the notifications a turn writes as rows (see NoteRow).
+_COINS_KEYS = ("amount", "balance", "reason")
+_TOKEN_KEYS = ("token", "amount", "balance", "reason")
+_LEVELED_KEYS = ("skill", "level", "level_before", "value")
+_AWARDED_KEYS = ("badge", "reason")
 
 
 class Turn:
@@ -173,8 +260,8 @@ class Turn:
     path_changes: list[dict[str, Any]]
     problems: list[dict[str, Any]]
     trace: list[dict[str, Any]]
-    ledger: list[LedgerEntry]
-    notifications: list[Notification] | None
+    ledger: list[LedgerRow]
+    notifications: list[NoteRow] | None
     evolution_ready: bool
     evolution_became_ready: bool
     evolved_to: int | None
@@ -394,7 +481,7 @@ class Turn:
         """
         notifications = self.notifications
         if notifications is not None:
-            notifications.append(_tuple_new(Notification, (kind, payload)))
+            notifications.append((kind, None, payload))
 
     # -- money ---------------------------------------------------------------------------
 
@@ -409,15 +496,10 @@ class Turn:
         ns = self.ns
         if ns:
             ns["coins"] = coins
-        self.ledger.append(_tuple_new(LedgerEntry, ("coins", amount, coins, reason)))
+        self.ledger.append(("coins", amount, coins, reason))
         notifications = self.notifications
         if notifications is not None:
-            notifications.append(
-                _tuple_new(
-                    Notification,
-                    ("coins.earned", {"amount": amount, "balance": coins, "reason": reason}),
-                )
-            )
+            notifications.append(("coins.earned", _COINS_KEYS, amount, coins, reason))
 
     def debit_coins(self, amount: int, reason: str) -> None:
         """Debit coins; the caller has checked the balance."""
@@ -425,7 +507,7 @@ class Turn:
         if self.ns:
             self.ns["coins"] = self.coins
         self.visible = True
-        self.ledger.append(_tuple_new(LedgerEntry, ("coins", -amount, self.coins, reason)))
+        self.ledger.append(("coins", -amount, self.coins, reason))
         self.notify("coins.spent", {"amount": amount, "balance": self.coins, "reason": reason})
 
     def credit_token(self, key: str, amount: int, reason: str) -> int:
@@ -448,18 +530,10 @@ class Turn:
         credits = self.token_credits
         credits[key] = credits.get(key, 0) + amount
         self.visible = True
-        self.ledger.append(_tuple_new(LedgerEntry, (f"token:{key}", amount, balance, reason)))
+        self.ledger.append((f"token:{key}", amount, balance, reason))
         notifications = self.notifications
         if notifications is not None:
-            notifications.append(
-                _tuple_new(
-                    Notification,
-                    (
-                        "token.earned",
-                        {"token": key, "amount": amount, "balance": balance, "reason": reason},
-                    ),
-                )
-            )
+            notifications.append(("token.earned", _TOKEN_KEYS, key, amount, balance, reason))
         return amount
 
     def debit_token(self, key: str, amount: int, reason: str) -> None:
@@ -468,7 +542,7 @@ class Turn:
         self.tokens[key] = balance
         self._tokens_changed = True
         self.visible = True
-        self.ledger.append(_tuple_new(LedgerEntry, (f"token:{key}", -amount, balance, reason)))
+        self.ledger.append((f"token:{key}", -amount, balance, reason))
         self.notify(
             "token.spent", {"token": key, "amount": amount, "balance": balance, "reason": reason}
         )
@@ -500,10 +574,9 @@ class Turn:
             self.notify(
                 message, {"skill": key, "value": value, "value_before": before, "level": level}
             )
-        elif level > level_before:
-            self.notify(
-                "skill.leveled",
-                {"skill": key, "level": level, "level_before": level_before, "value": value},
+        elif level > level_before and self.notifications is not None:
+            self.notifications.append(
+                ("skill.leveled", _LEVELED_KEYS, key, level, level_before, value)
             )
 
     # -- badges --------------------------------------------------------------------------
@@ -517,7 +590,8 @@ class Turn:
             self.ready = tuple(k for k in self.ready if k != key)
         self.awarded_now.append(key)
         self.visible = True
-        self.notify("badge.awarded", {"badge": key, "reason": reason})
+        if self.notifications is not None:
+            self.notifications.append(("badge.awarded", _AWARDED_KEYS, key, reason))
         badge = self.rulebook.badges_by_key.get(key)
         if badge is not None:
             self.pay(badge.reward, f"badge:{key}")
@@ -688,6 +762,12 @@ class Turn:
             self.rulebook.version,
             trace,
         )
+        ledger = self.ledger
+        notifications = self.notifications
         return _build_outcome(
-            state, effects, trace, tuple(self.ledger), tuple(self.notifications or ())
+            state,
+            effects,
+            trace,
+            _records(ledger, ledger_entry) if ledger else (),
+            _records(notifications, notification) if notifications else (),
         )

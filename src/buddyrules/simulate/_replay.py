@@ -18,7 +18,6 @@ from typing import Any
 
 from buddyrules.engine.evaluate import evaluate, new_buddy
 from buddyrules.engine.replay import BuddyReplay
-from buddyrules.engine.turn import LedgerEntry
 from buddyrules.errors import ValidationFailed
 from buddyrules.events import Event
 from buddyrules.rulebook import Rulebook, load_rulebook
@@ -393,7 +392,8 @@ def _replay(
         for ts, event in events:
             if replay is not None:
                 turn = replay.apply(event)
-                ledger: Sequence[LedgerEntry] = turn.ledger
+                # A turn's rows: (currency, amount, balance_after, reason), as the entries.
+                ledger: Sequence[tuple[str, int, int, str]] = turn.ledger
                 coins = turn.coins_credited
                 awarded: Sequence[str] = turn.awarded_now
                 ready: Sequence[str] = turn.ready_now
