@@ -177,6 +177,16 @@ def settled_carry(rulebook: Rulebook, state: BuddyState) -> int | None:
 
 _build_outcome = frozen_builder(Outcome)
 _records = Records
+
+
+def _token_credits(credits: dict[str, int]) -> tuple[str, ...]:
+    """Effects.tokens: ``"key:amount"`` per token credited (one, most often)."""
+    if len(credits) == 1:
+        for key, amount in credits.items():
+            return (f"{key}:{amount}",)
+    return tuple([f"{key}:{amount}" for key, amount in credits.items()])
+
+
 #: The keys of the notifications a turn writes as rows (see NoteRow).
 _COINS_KEYS = ("amount", "balance", "reason")
 _TOKEN_KEYS = ("token", "amount", "balance", "reason")
@@ -275,29 +285,32 @@ class Turn:
         self.rulebook = rulebook
         self.base = state
         self.explain = explain
-        self.coins = state.coins
+        # The fields straight from the state's dict: an attribute of a pydantic model costs
+        # a __getattr__ hook (see BaseModel), a dict read does not.
+        b = state.__dict__
+        self.coins = b["coins"]
         # Every declared token is present (conditions read ``tokens.<key>`` directly).
-        tokens = state.tokens
+        tokens = b["tokens"]
         zeros = rulebook.token_zeros
         # A buddy holding every declared token (and no other) needs no zeros merged in.
         self.tokens = dict(tokens) if tokens.keys() == zeros.keys() else {**zeros, **tokens}
         self._tokens_changed = False
-        self.skills = state.skills
+        self.skills = b["skills"]
         self._skills_owned = False
-        self.badges = set(state.badges)
-        self.ready = state.badges_ready
-        self.counters = dict(state.counters)
-        self.streaks = state.streaks
+        self.badges = set(b["badges"])
+        self.ready = b["badges_ready"]
+        self.counters = dict(b["counters"])
+        self.streaks = b["streaks"]
         self._streaks_owned = False
-        self.rule_usage = state.rule_usage
+        self.rule_usage = b["rule_usage"]
         self._usage_owned = False
-        self.paths = state.paths
+        self.paths = b["paths"]
         self._paths_owned = False
-        self.gates = state.gates
-        self.decay_applied = state.decay_applied
+        self.gates = b["gates"]
+        self.decay_applied = b["decay_applied"]
         self._decay_owned = False
-        self.stage = state.stage
-        self.evolution_notified = state.evolution_notified
+        self.stage = b["stage"]
+        self.evolution_notified = b["evolution_notified"]
         self.coins_credited = 0
         self.token_credits = {}
         self.awarded_now = []
@@ -665,33 +678,28 @@ class Turn:
         last_event_at: datetime | None,
         events_applied: int,
     ) -> dict[str, Any]:
-        """Every field of the buddy's state as this turn holds it, in field order, for
-        ``trusted_state`` (not settled: see :meth:`finish`). The turn's own containers are
-        used as they are; the five fields a turn never changes are read from the base."""
-        b = self.base.__dict__
-        return {
-            "user_id": b["user_id"],
-            "audience": b["audience"],
-            "rulebook_version": b["rulebook_version"],
-            "timezone": b["timezone"],
-            "hatched_at": b["hatched_at"],
-            "stage": self.stage,
-            "coins": self.coins,
-            "tokens": tokens,
-            "skills": self.skills,
-            "badges": badges,
-            "badges_ready": self.ready,
-            "counters": self.counters,
-            "streaks": self.streaks,
-            "rule_usage": self.rule_usage,
-            "paths": self.paths,
-            "gates": self.gates,
-            "decay_applied": self.decay_applied,
-            "evolution_notified": self.evolution_notified,
-            "last_event_at": last_event_at,
-            "events_applied": events_applied,
-            _SETTLED: None,
-        }
+        """Every field of the buddy's state as this turn holds it, for ``trusted_state``
+        (not settled: see :meth:`finish`). The turn's own containers are used as they are;
+        the five fields a turn never changes are the base's (a copy of the base's dict,
+        then what a turn can change: cheaper than writing out all twenty fields)."""
+        values = self.base.__dict__.copy()
+        values["stage"] = self.stage
+        values["coins"] = self.coins
+        values["tokens"] = tokens
+        values["skills"] = self.skills
+        values["badges"] = badges
+        values["badges_ready"] = self.ready
+        values["counters"] = self.counters
+        values["streaks"] = self.streaks
+        values["rule_usage"] = self.rule_usage
+        values["paths"] = self.paths
+        values["gates"] = self.gates
+        values["decay_applied"] = self.decay_applied
+        values["evolution_notified"] = self.evolution_notified
+        values["last_event_at"] = last_event_at
+        values["events_applied"] = events_applied
+        values[_SETTLED] = None
+        return values
 
     def finish(
         self,
@@ -711,9 +719,9 @@ class Turn:
         next ``evaluate`` tests only conditions whose inputs changed. Any other step leaves
         the new state unsettled, so the next event tests everything.
         """
-        base = self.base
+        b = self.base.__dict__
         if self._tokens_changed:
-            base_tokens = base.tokens
+            base_tokens = b["tokens"]
             if len(self.tokens) == len(base_tokens):
                 # Every declared token is already in the base (a buddy that has held each
                 # one): the turn's own dict is the new balances, zeros included.
@@ -721,16 +729,14 @@ class Turn:
             else:
                 tokens = {k: v for k, v in self.tokens.items() if v or k in base_tokens}
         else:
-            tokens = base.tokens
+            tokens = b["tokens"]
         awarded = self.awarded_now
-        # The base's values in field order, then what a turn can change (same keys, so the
-        # order is kept).
-        badges = (*base.badges, *awarded) if awarded else base.badges
+        badges = (*b["badges"], *awarded) if awarded else b["badges"]
         values = self.state_values(
             tokens,
             badges,
-            last_event_at if last_event_at is not None else base.last_event_at,
-            base.events_applied + 1 if count_event else base.events_applied,
+            last_event_at if last_event_at is not None else b["last_event_at"],
+            b["events_applied"] + 1 if count_event else b["events_applied"],
         )
         if carry is not None:
             values[_SETTLED] = (self.rulebook.version, carry, _COVERED(values))
@@ -749,7 +755,7 @@ class Turn:
             self.coins_credited,
             tuple(awarded) if awarded else (),
             tuple(self.ready_now) if self.ready_now else (),
-            tuple([f"{k}:{v}" for k, v in token_credits.items()]) if token_credits else (),
+            _token_credits(token_credits) if token_credits else (),
             self.evolution_ready,
             tuple(self.milestones) if self.milestones else (),
             debug_reason,
