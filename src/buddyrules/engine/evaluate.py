@@ -141,8 +141,8 @@ def evaluate(
     ev = event if type(event) is Event else Event.coerce(event)
     occurred_at, audience = check_event(ev, state)
     event_type = ev.type
-    tz = zone(state.timezone) if state.timezone else rulebook.period_tz
-    ctx = EventContext(event_type, audience, occurred_at, local_day(occurred_at, tz))
+    timezone = state.__dict__["timezone"]
+    day = local_day(occurred_at, zone(timezone) if timezone else rulebook.period_tz)
     turn = Turn(rulebook, state, explain)
     if explain:
         # The interpreter's conditions read the namespace (plans read the turn itself and
@@ -169,12 +169,13 @@ def evaluate(
         step = plan.get(event_type) if plan is not None else None
         if step is None:
             step = plan_for(rulebook, event_type)
-        step(turn, ctx, ev, audience)
-        last = state.last_event_at
+        step(turn, ev, audience, day, None)
+        last = state.__dict__["last_event_at"]
         return turn.finish(
             last_event_at=occurred_at if last is None or occurred_at > last else last,
             count_event=True,
         )
+    ctx = EventContext(event_type, audience, occurred_at, day)
     if explain:
         # 2. streaks
         streaks = rulebook.streaks_by_type.get(event_type)
@@ -192,7 +193,7 @@ def evaluate(
             apply_token_rules(turn, token_rules, ctx)
     else:
         # Steps 2-3 through the event type's rules-only plan (see plans.py).
-        plan_for(rulebook, event_type, rules_only=True)(turn, ctx, ev, audience)
+        plan_for(rulebook, event_type, rules_only=True)(turn, ev, audience, day, ctx)
         if not turn.ns:  # the interpreter's passes below read the namespace
             turn.open_namespace(ev, ctx)
     # Steps 4 and 5 test only the conditions whose inputs changed when the input state

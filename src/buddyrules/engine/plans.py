@@ -40,6 +40,7 @@ from buddyrules.engine.context import EventContext
 from buddyrules.engine.evolution import evolve_now
 from buddyrules.engine.inline import inline_source, streak_of
 from buddyrules.engine.paths import _NO_PROGRESS
+from buddyrules.engine.periods import week_of
 from buddyrules.engine.turn import Turn
 from buddyrules.events import Event
 from buddyrules.rulebook.compiled import (
@@ -56,10 +57,12 @@ from buddyrules.state import trusted_path, trusted_streak, trusted_usage
 
 __all__ = ["Plan", "plan_for", "plans_of"]
 
-#: ``plan(turn, ctx, event, audience)`` runs steps 2-6 of SPEC §3 for one event type.
-#: ``turn.ns`` is the condition namespace if one is live, else empty; a plan that needs one
-#: builds it (``Turn.open_namespace``), and the mechanics keep a live one current.
-Plan = Callable[[Turn, EventContext, Event, str], None]
+#: ``plan(turn, event, audience, day, ctx)`` runs steps 2-6 of SPEC §3 for one event type.
+#: ``day`` is the event's local day (``periods.local_day``); ``ctx`` its
+#: :class:`EventContext` or None (the few plans that need one then build it). ``turn.ns`` is
+#: the condition namespace if one is live, else empty; a plan that needs one builds it
+#: (``Turn.open_namespace``), and the mechanics keep a live one current.
+Plan = Callable[[Turn, Event, str, int, EventContext | None], None]
 
 # Plans per live rulebook, keyed by id (a Rulebook is pickled by ``testing.check``, so the
 # plans, which cannot be pickled, are kept beside it rather than in its ``__dict__``).
@@ -116,9 +119,13 @@ class _Writer:
             "_path": trusted_path,
             "_len": len,
             "_evolve_now": evolve_now,
+            "_week_of": week_of,
+            "_context": EventContext,
         }
         # Set once an expression could not be inlined: the plan then builds the namespace.
         self.uses_ns = False
+        self.uses_week = False  # the ISO week of the event is read (``week``)
+        self.uses_ctx = False  # the EventContext is read (a monthly period)
 
     def bind(self, value: Any) -> str:
         """A global name for ``value`` (a condition, a rule, a tuple...)."""
@@ -180,7 +187,7 @@ class _Writer:
         """The plan's source (its constants are bound in ``self.globals``)."""
         rb = self.rulebook
         event_type = self.event_type
-        self.emit(0, "def plan(turn, ctx, event, audience):")
+        self.emit(0, "def plan(turn, event, audience, day, ctx):")
         for streak in rb.streaks_by_type.get(event_type, ()):
             self.streak(streak)
         for rule in rb.coin_rules_by_type.get(event_type, ()):
@@ -196,13 +203,17 @@ class _Writer:
                 self.evolution()
         self.emit(1, "return None")
         # The prologue, known only now: whether some expression reads the namespace.
-        self.lines[1:1] = [
-            "    props = event.properties",
-            "    notes = turn.notifications",
-            "    ns = turn.ns or turn.open_namespace(event, ctx)"
-            if self.uses_ns
-            else "    ns = turn.ns",
-        ]
+        prologue = ["    props = event.properties", "    notes = turn.notifications"]
+        if self.uses_week:
+            prologue.append("    week = _week_of(day)")
+        if self.uses_ctx or self.uses_ns:
+            prologue.append("    if ctx is None:")
+            prologue.append("        ctx = _context(event.type, audience, event.occurred_at, day)")
+        if self.uses_ns:
+            prologue.append("    ns = turn.ns or turn.open_namespace(event, ctx)")
+        else:
+            prologue.append("    ns = turn.ns")
+        self.lines[1:1] = prologue
         return "\n".join(self.lines) + "\n"
 
     # -- step 2: streaks ------------------------------------------------------------------
@@ -222,9 +233,13 @@ class _Writer:
         if streak.audience is not None:
             self.emit(depth, f"if audience == {streak.audience!r}:")
             depth += 1
-        period = {"daily": "ctx.day", "weekly": "ctx.week"}.get(
+        period = {"daily": "day", "weekly": "week"}.get(
             streak.period, f"ctx.period({streak.period!r})"
         )
+        if streak.period == "weekly":
+            self.uses_week = True
+        elif streak.period != "daily":
+            self.uses_ctx = True
         self.emit(depth, f"current = turn.streaks.get({key!r})")
         self.emit(
             depth,
@@ -263,7 +278,10 @@ class _Writer:
         )
         self.notify(e + 2, "streak.burned", streak=repr(key), count_before="current.count")
         self.emit(e + 2, "count = 1")
-        self.emit(e, "best = _max(count, current.best)")
+        # max(count, best), without a call
+        self.emit(e, "best = current.best")
+        self.emit(e, "if count > best:")
+        self.emit(e + 1, "best = count")
         if streak.milestones:
             self.emit(
                 d,
@@ -395,7 +413,12 @@ class _Writer:
         self.amount(depth, rule.key, rule.amount)
         skill = self.rulebook.skills[rule.skill]
         self.emit(depth, f"before = turn.skills.get({rule.skill!r}, 0)")
-        self.emit(depth, f"credited = _max(0, _min(grant, {int(skill.max_value)} - before))")
+        # max(0, min(grant, max_value - before)), without calls
+        self.emit(depth, f"credited = {int(skill.max_value)} - before")
+        self.emit(depth, "if grant < credited:")
+        self.emit(depth + 1, "credited = grant")
+        self.emit(depth, "if credited < 0:")
+        self.emit(depth + 1, "credited = 0")
         self.emit(depth, "if credited < grant:")
         self.emit(depth + 1, "turn.clipped = True")
         self.grant(
@@ -453,8 +476,8 @@ class _Writer:
             return
         self.emit(depth, "else:")
         for cap, last, total, now in (
-            (daily_cap, "usage.day", "usage.day_total", "ctx.day"),
-            (weekly_cap, "usage.week", "usage.week_total", "ctx.week"),
+            (daily_cap, "usage.day", "usage.day_total", "day"),
+            (weekly_cap, "usage.week", "usage.week_total", "week"),
         ):
             if cap is None:
                 continue
@@ -464,7 +487,9 @@ class _Writer:
             self.emit(depth + 1, f"if last is None or {now} > last:")
             self.emit(depth + 2, f"room = {int(cap)}")
             self.emit(depth + 1, f"elif {now} == last:")
-            self.emit(depth + 2, f"room = _max(0, {int(cap)} - {total})")
+            self.emit(depth + 2, f"room = {int(cap)} - {total}")
+            self.emit(depth + 2, "if room < 0:")
+            self.emit(depth + 3, "room = 0")
             self.emit(depth + 1, "else:")
             self.emit(depth + 2, "room = 0")
             self.emit(depth + 1, "if credited > room:")
@@ -472,8 +497,9 @@ class _Writer:
 
     def record(self, depth: int, key: str) -> None:
         """Emit :func:`caps.record` of ``credited`` for the rule ``key`` (``usage`` before)."""
-        self.emit(depth, "u_day = ctx.day")
-        self.emit(depth, "u_week = ctx.week")
+        self.uses_week = True
+        self.emit(depth, "u_day = day")
+        self.emit(depth, "u_week = week")
         self.emit(depth, "if usage is None:")
         self.emit(depth + 1, "u_day_total = u_week_total = credited")
         self.emit(depth + 1, "u_times = 1")

@@ -112,7 +112,7 @@ class BuddyReplay:
             # The full plan whatever the rulebook's incremental passes: full badge and path
             # passes give the same results (tests/engine/test_engine_incremental.py).
             plan = plan_for(self._rulebook, event_type)
-        plan(turn, ctx, event, audience)
+        plan(turn, event, audience, ctx.day, ctx)
         self._applied += 1
         last = self._last
         if last is None or occurred_at > last:
