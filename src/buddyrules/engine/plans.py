@@ -403,9 +403,20 @@ class _Writer:
             self.grant(depth + 1, f"coin_rule:{rule.key}", "True", spent)
             self.emit(depth, "if credited > 0:")
             self.record(depth + 1, rule.key)
-            self.emit(depth + 1, f"turn.credit_coins(credited, {rule.reason!r})")
+            self.credit_coins(depth + 1, "credited", rule.reason)
         else:
-            self.emit(depth, f"turn.credit_coins(grant, {rule.reason!r})")
+            self.credit_coins(depth, "grant", rule.reason)
+
+    def credit_coins(self, depth: int, amount: str, reason: str) -> None:
+        """``Turn.credit_coins(amount, reason)`` written out for an amount known to be > 0."""
+        self.emit(depth, f"coins = turn.coins + {amount}")
+        self.emit(depth, "turn.coins = coins")
+        self.emit(depth, f"turn.coins_credited += {amount}")
+        self.emit(depth, "turn.visible = True")
+        self.emit(depth, "if ns:")  # a live namespace is kept current
+        self.emit(depth + 1, "ns['coins'] = coins")
+        self.emit(depth, f"turn.ledger.append(('coins', {amount}, coins, {reason!r}))")
+        self.notify(depth, "coins.earned", amount=amount, balance="coins", reason=repr(reason))
 
     def skill_rule(self, rule: SkillRule) -> None:
         depth = self.guard(1, rule.key, rule.audience, rule.when)
@@ -428,10 +439,44 @@ class _Writer:
             " and (credited > 0 or credited < grant)",
         )
         self.emit(depth, "if credited > 0:")
+        self.set_skill(depth + 1, rule.skill)
+
+    def set_skill(self, depth: int, key: str) -> None:
+        """``Turn.set_skill(key, before + credited, ..., message='')`` written out for a
+        credit already clamped to the skill's range (``credited > 0``)."""
+        skill = self.rulebook.skills[key]
+        per_level, max_level = int(skill.points_per_level), int(skill.max_level)
+        self.emit(depth, "value = before + credited")
+        self.emit(depth, "if not turn._skills_owned:")
+        self.emit(depth + 1, "turn.skills = _dict(turn.skills)")
+        self.emit(depth + 1, "turn._skills_owned = True")
+        self.emit(depth, f"turn.skills[{key!r}] = value")
+        # Skill.level_of: min(max_level, value // points_per_level)
+        for name, of in (("level_before", "before"), ("level", "value")):
+            self.emit(depth, f"{name} = {of} // {per_level}")
+            self.emit(depth, f"if {name} > {max_level}:")
+            self.emit(depth + 1, f"{name} = {max_level}")
+        self.emit(depth, f"change = turn.skill_changes.get({key!r})")
+        self.emit(depth, "if change is None:")
         self.emit(
             depth + 1,
-            f"turn.set_skill({rule.skill!r}, before + credited, {'rule:' + rule.key!r}, "
-            "message='')",
+            f"turn.skill_changes[{key!r}] = change = "
+            f"{{'skill': {key!r}, 'before': before, 'level_before': level_before}}",
+        )
+        self.emit(depth, "change['value'] = value")
+        self.emit(depth, "change['delta'] = value - change['before']")
+        self.emit(depth, "change['level'] = level")
+        self.emit(depth, "turn.visible = True")
+        self.emit(depth, "if ns:")  # a live namespace is kept current
+        self.emit(depth + 1, f"ns['skills'][{key!r}] = {{'value': value, 'level': level}}")
+        self.emit(depth, "if level > level_before:")
+        self.notify(
+            depth + 1,
+            "skill.leveled",
+            skill=repr(key),
+            level="level",
+            level_before="level_before",
+            value="value",
         )
 
     def token_rule(self, rule: TokenRule) -> None:
