@@ -2,15 +2,24 @@
 
 ``model_dump_json()`` round-trips exactly through ``BuddyState.model_validate_json``. The
 engine never mutates a state; it builds a new one per event.
+
+The parts kept per streak, per capped rule and per path (:class:`StreakState`,
+:class:`RuleUsage`, :class:`PathState`) are frozen, slotted dataclasses rather than pydantic
+models: the engine builds one or two per event and reads their fields often, and a slotted
+dataclass is one small object with plain attribute reads where a model is an object, a dict
+and a ``__getattr__`` hook. Pydantic validates and serialises them as the same JSON objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from buddyrules.effects import frozen_builder
 
 if TYPE_CHECKING:
     from buddyrules.rulebook.compiled import Rulebook
@@ -75,8 +84,15 @@ def _maker(cls: type[_Frozen]) -> Any:
     return make
 
 
-class StreakState(_Frozen):
+# Validated by pydantic inside BuddyState: unknown keys are refused, as for the models.
+_PART_CONFIG = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class StreakState:
     """One streak: current ``count``, ``best`` ever, last ticked period and paid milestones."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _PART_CONFIG
 
     count: int = 0
     best: int = 0
@@ -84,8 +100,11 @@ class StreakState(_Frozen):
     milestones_paid: tuple[int, ...] = ()
 
 
-class RuleUsage(_Frozen):
+@dataclass(frozen=True, slots=True)
+class RuleUsage:
     """What a capped or limited rule has credited: per day, per ISO week and in total."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _PART_CONFIG
 
     day: int | None = None
     day_total: int = 0
@@ -94,8 +113,11 @@ class RuleUsage(_Frozen):
     times: int = 0
 
 
-class PathState(_Frozen):
+@dataclass(frozen=True, slots=True)
+class PathState:
     """Progress along one path: unlocked and completed steps, completed sub-steps."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _PART_CONFIG
 
     unlocked: tuple[str, ...] = ()
     completed: tuple[str, ...] = ()
@@ -161,6 +183,22 @@ class BuddyState(_Frozen):
 
 # The engine builds these once or more per event: see _Frozen.trusted for the contract.
 trusted_state: Callable[[dict[str, Any]], BuddyState] = _maker(BuddyState)
-trusted_streak: Callable[[dict[str, Any]], StreakState] = _maker(StreakState)
-trusted_usage: Callable[[dict[str, Any]], RuleUsage] = _maker(RuleUsage)
-trusted_path: Callable[[dict[str, Any]], PathState] = _maker(PathState)
+#: Positional constructors of the parts (every field, in order; see ``frozen_builder``).
+build_streak: Callable[..., StreakState] = frozen_builder(StreakState)
+build_usage: Callable[..., RuleUsage] = frozen_builder(RuleUsage)
+build_path: Callable[..., PathState] = frozen_builder(PathState)
+
+
+def trusted_streak(values: dict[str, Any]) -> StreakState:
+    """A StreakState from every field by name (the interpreter's form of build_streak)."""
+    return build_streak(**values)
+
+
+def trusted_usage(values: dict[str, Any]) -> RuleUsage:
+    """A RuleUsage from every field by name (the interpreter's form of build_usage)."""
+    return build_usage(**values)
+
+
+def trusted_path(values: dict[str, Any]) -> PathState:
+    """A PathState from every field by name (the interpreter's form of build_path)."""
+    return build_path(**values)

@@ -288,3 +288,39 @@ def test_ledger_and_notifications_behave_as_tuples_of_records(language: br.Ruleb
     capped = br.evaluate(language, login.state, event("daily_login", at(hours=2)))
     assert capped.effects.debug_reason == "rewards_capped"
     assert capped.ledger == () and capped.notifications == ()  # nothing to build
+
+
+def test_state_parts_serialise_as_objects_and_refuse_unknown_keys() -> None:
+    import dataclasses
+
+    import pydantic
+
+    from buddyrules.state import PathState, RuleUsage, StreakState
+
+    state = BuddyState(
+        user_id="u1",
+        audience="student",
+        rulebook_version="v1",
+        streaks={"daily": StreakState(count=2, best=3, last_period=10, milestones_paid=(7,))},
+        rule_usage={"c": RuleUsage(day=10, day_total=5, week=1, week_total=5, times=2)},
+        paths={"p": PathState(unlocked=("a",), completed=(), sub_steps_done=("a/x",))},
+    )
+    dumped = state.model_dump()
+    assert dumped["rule_usage"]["c"] == {
+        "day": 10,
+        "day_total": 5,
+        "week": 1,
+        "week_total": 5,
+        "times": 2,
+    }
+    assert dumped["streaks"]["daily"]["milestones_paid"] == (7,)
+    again = BuddyState.model_validate_json(state.model_dump_json())
+    assert again == state and type(again.paths["p"]) is PathState
+    for part in (*state.streaks.values(), *state.rule_usage.values(), *state.paths.values()):
+        assert dataclasses.is_dataclass(part) and not hasattr(part, "__dict__")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(part, dataclasses.fields(part)[0].name, 3)
+    raw = state.model_dump()
+    raw["rule_usage"]["c"]["bogus"] = 1
+    with pytest.raises(pydantic.ValidationError):
+        BuddyState.model_validate(raw)

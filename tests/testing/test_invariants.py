@@ -180,7 +180,7 @@ def test_stage_in_range_and_monotonic() -> None:
 
 def test_streaks_bounded_by_active_periods() -> None:
     step = _last_step(3)
-    streak = step.after.streaks["daily_lesson"].model_copy(update={"count": 4, "best": 4})
+    streak = dataclasses.replace(step.after.streaks["daily_lesson"], count=4, best=4)
     inflated = step.after.model_copy(update={"streaks": {"daily_lesson": streak}})
     _violates(
         streaks_bounded_by_active_periods,

@@ -53,7 +53,7 @@ from buddyrules.rulebook.compiled import (
     Streak,
     TokenRule,
 )
-from buddyrules.state import trusted_path, trusted_streak, trusted_usage
+from buddyrules.state import build_path, build_streak, build_usage
 
 __all__ = ["Plan", "plan_for", "plans_of"]
 
@@ -104,7 +104,7 @@ class _Writer:
         self.globals: dict[str, Any] = {
             **HELPERS,  # what inlined expressions call (_min, _round, _reason, ...)
             "__builtins__": {},
-            "_usage": trusted_usage,
+            "_usage": build_usage,
             "_dict": dict,
             "_amount_value": amount_value,
             "_streak_of": streak_of,
@@ -113,10 +113,10 @@ class _Writer:
             "_min": min,
             "_range": range,
             "_set": set,
-            "_streak": trusted_streak,
+            "_streak": build_streak,
             "_tuple": tuple,
             "_sorted": sorted,
-            "_path": trusted_path,
+            "_path": build_path,
             "_len": len,
             "_evolve_now": evolve_now,
             "_week_of": week_of,
@@ -292,8 +292,7 @@ class _Writer:
             self.emit(d + 1, "paid = _tuple(_sorted((*paid, *[c for c, _ in due])))")
         self.emit(
             d,
-            f"turn.set_streak({key!r}, _streak({{'count': count, 'best': best, "
-            "'last_period': period, 'milestones_paid': paid}))",
+            f"turn.set_streak({key!r}, _streak(count, best, period, paid))",
         )
         self.emit(d, "if ns:")  # a live namespace is kept current
         self.emit(d + 1, f"ns['streaks'][{key!r}] = {{'count': count, 'best': best}}")
@@ -564,8 +563,7 @@ class _Writer:
         self.emit(depth + 1, "turn._usage_owned = True")
         self.emit(
             depth,
-            f"turn.rule_usage[{key!r}] = _usage({{'day': u_day, 'day_total': u_day_total, "
-            "'week': u_week, 'week_total': u_week_total, 'times': u_times})",
+            f"turn.rule_usage[{key!r}] = _usage(u_day, u_day_total, u_week, u_week_total, u_times)",
         )
 
     def grant(self, depth: int, tag: str, clipped: str, when: str) -> None:
@@ -604,7 +602,7 @@ class _Writer:
         d = depth + 1
         self.emit(d, "changed = False")
         self.emit(d, "prev = True")  # the previous step is complete
-        progress = "{'unlocked': unlocked, 'completed': completed, 'sub_steps_done': done}"
+        progress = "unlocked, completed, done"  # PathState's fields, in order
         for step in path.steps:
             sk = step.key
             self.emit(d, f"if {sk!r} in completed:")
