@@ -108,15 +108,16 @@ def check_event(event: Event, state: BuddyState) -> tuple[datetime, str]:
             "occurred_at is required by evaluate (the pure core reads no clock)",
             {"fields": {"occurred_at": "required"}},
         )
-    if event.user_id != state.user_id:
+    b = state.__dict__  # a dict read costs less than a pydantic attribute
+    if event.user_id != b["user_id"]:
         raise ValidationFailed(
             f"event is for user {event.user_id!r}, state is user {state.user_id!r}",
             {"fields": {"user_id": "does not match the buddy"}},
         )
     audience = event.audience
     if audience is None:
-        return occurred_at, state.audience
-    if audience != state.audience:
+        return occurred_at, b["audience"]
+    if audience != b["audience"]:
         raise ValidationFailed(
             f"event audience {audience!r} does not match the buddy's {state.audience!r}",
             {"fields": {"audience": "does not match the buddy"}},

@@ -100,6 +100,8 @@ def _advance_path(turn: Turn, path: Path) -> None:
                 continue
             unlocked = (*unlocked, step.key)
             changed = True
+            if not turn.path_changes:
+                turn.path_changes = []
             turn.path_changes.append({"path": path.key, "step": step.key, "status": "unlocked"})
         pending: list[str] = []
         for sub in step.sub_steps:
@@ -113,6 +115,8 @@ def _advance_path(turn: Turn, path: Path) -> None:
                 if ok:
                     done = (*done, ref)
                     changed = True
+                    if not turn.path_changes:
+                        turn.path_changes = []
                     turn.path_changes.append(
                         {
                             "path": path.key,
@@ -126,6 +130,8 @@ def _advance_path(turn: Turn, path: Path) -> None:
         if not pending and _holds(turn, step, "complete"):
             completed = (*completed, step.key)
             changed = True
+            if not turn.path_changes:
+                turn.path_changes = []
             turn.path_changes.append({"path": path.key, "step": step.key, "status": "completed"})
             turn.notify("path.step_completed", {"path": path.key, "step": step.key})
             if explain:
@@ -172,6 +178,8 @@ def complete_sub_step(turn: Turn, path_key: str, step_key: str, sub_key: str) ->
         ),
     )
     turn.visible = True
+    if not turn.path_changes:
+        turn.path_changes = []
     turn.path_changes.append(
         {"path": path_key, "step": step_key, "sub_step": sub_key, "status": "completed"}
     )

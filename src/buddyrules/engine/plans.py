@@ -305,6 +305,8 @@ class _Writer:
         if streak.milestones:
             self.emit(d, "if due:")
             self.emit(d + 1, "for reached, reward in due:")
+            self.emit(d + 2, "if not turn.milestones:")  # still the shared empty tuple
+            self.emit(d + 3, "turn.milestones = []")
             self.emit(d + 2, f"turn.milestones.append({{'streak': {key!r}, 'count': reached}})")
             self.notify(d + 2, "streak.milestone", streak=repr(key), count="reached")
             self.emit(d + 2, f"turn.pay(reward, f'streak_milestone:{key}:{{reached}}')")
@@ -619,6 +621,8 @@ class _Writer:
             self.emit(e + 1, "if go:")
             self.emit(e + 2, f"unlocked = (*unlocked, {sk!r})")
             self.emit(e + 2, "changed = True")
+            self.emit(e + 2, "if not turn.path_changes:")  # the shared empty tuple
+            self.emit(e + 3, "turn.path_changes = []")
             self.emit(
                 e + 2,
                 f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
@@ -638,6 +642,8 @@ class _Writer:
                 self.emit(f + 1, "if ok:")
                 self.emit(f + 2, f"done = (*done, {sub.ref!r})")
                 self.emit(f + 2, "changed = True")
+                self.emit(f + 2, "if not turn.path_changes:")  # the shared empty tuple
+                self.emit(f + 3, "turn.path_changes = []")
                 self.emit(
                     f + 2,
                     f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
@@ -657,6 +663,8 @@ class _Writer:
                 g += 1
             self.emit(g, f"completed = (*completed, {sk!r})")
             self.emit(g, "changed = True")
+            self.emit(g, "if not turn.path_changes:")  # the shared empty tuple
+            self.emit(g + 1, "turn.path_changes = []")
             self.emit(
                 g,
                 f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "

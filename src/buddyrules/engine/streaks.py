@@ -126,6 +126,8 @@ def apply_streaks(turn: Turn, streaks: tuple[Streak, ...], ctx: EventContext) ->
             entry["count"] = count
         turn.pay(streak.tick_reward, f"streak:{streak.key}")
         for milestone_count, reward in due:
+            if not turn.milestones:
+                turn.milestones = []
             turn.milestones.append({"streak": streak.key, "count": milestone_count})
             turn.notify("streak.milestone", {"streak": streak.key, "count": milestone_count})
             turn.pay(reward, f"streak_milestone:{streak.key}:{milestone_count}")

@@ -176,15 +176,11 @@ def settled_carry(rulebook: Rulebook, state: BuddyState) -> int | None:
 
 
 _build_outcome = frozen_builder(Outcome)
+#: What a per-event list of a turn holds until its first item: the (immutable) empty tuple,
+#: so that an event that awards nothing builds no list. Writers replace it with a list
+#: first (``if not turn.x: turn.x = []``); appending to it by mistake raises.
+_NOTHING: Any = ()
 _records = Records
-
-
-def _token_credits(credits: dict[str, int]) -> tuple[str, ...]:
-    """Effects.tokens: ``"key:amount"`` per token credited (one, most often)."""
-    if len(credits) == 1:
-        for key, amount in credits.items():
-            return (f"{key}:{amount}",)
-    return tuple([f"{key}:{amount}" for key, amount in credits.items()])
 
 
 #: The keys of the notifications a turn writes as rows (see NoteRow).
@@ -313,14 +309,15 @@ class Turn:
         self.evolution_notified = b["evolution_notified"]
         self.coins_credited = 0
         self.token_credits = {}
-        self.awarded_now = []
-        self.ready_now = []
-        self.milestones = []
+        # Rarely written in an event: the shared empty tuple until then (see _NOTHING).
+        self.awarded_now = _NOTHING
+        self.ready_now = _NOTHING
+        self.milestones = _NOTHING
         self.skill_changes = {}
         self.streak_changes = []
-        self.path_changes = []
+        self.path_changes = _NOTHING
         self.problems = []
-        self.trace = []
+        self.trace = [] if explain else _NOTHING
         self.ledger = []
         self.notifications = []
         self.evolution_ready = False
@@ -371,21 +368,21 @@ class Turn:
         if self.token_credits:
             self.token_credits = {}
         if self.awarded_now:
-            self.awarded_now = []
+            self.awarded_now = _NOTHING
         if self.ready_now:
-            self.ready_now = []
+            self.ready_now = _NOTHING
         if self.milestones:
-            self.milestones = []
+            self.milestones = _NOTHING
         if self.skill_changes:
             self.skill_changes = {}
         if self.streak_changes:
             self.streak_changes = []
         if self.path_changes:
-            self.path_changes = []
+            self.path_changes = _NOTHING
         if self.problems:
             self.problems = []
         if self.trace:
-            self.trace = []
+            self.trace = [] if self.explain else _NOTHING
         if self.ledger:
             self.ledger = []
         if self.notifications:
@@ -601,6 +598,8 @@ class Turn:
         self.badges.add(key)
         if key in self.ready:
             self.ready = tuple(k for k in self.ready if k != key)
+        if not self.awarded_now:
+            self.awarded_now = []
         self.awarded_now.append(key)
         self.visible = True
         if self.notifications is not None:
@@ -615,6 +614,8 @@ class Turn:
         if key in self.ready or key in self.badges:
             return
         self.ready = (*self.ready, key)
+        if not self.ready_now:
+            self.ready_now = []
         self.ready_now.append(key)
         self.visible = True
         self.notify("badge.ready", {"badge": key})
@@ -748,6 +749,14 @@ class Turn:
             )
         trace = tuple(self.trace) if self.explain else None
         token_credits = self.token_credits
+        # "key:amount" per token credited (one, most often: then no comprehension)
+        credits: tuple[str, ...] = ()
+        if token_credits:
+            if len(token_credits) == 1:
+                for key, amount in token_credits.items():
+                    credits = (f"{key}:{amount}",)
+            else:
+                credits = tuple([f"{k}:{v}" for k, v in token_credits.items()])
         skill_changes = self.skill_changes
         # Positionally, without the frozen dataclass __init__ (see frozen_builder). Most
         # lists are empty: ``()`` skips a call.
@@ -755,7 +764,7 @@ class Turn:
             self.coins_credited,
             tuple(awarded) if awarded else (),
             tuple(self.ready_now) if self.ready_now else (),
-            _token_credits(token_credits) if token_credits else (),
+            credits,
             self.evolution_ready,
             tuple(self.milestones) if self.milestones else (),
             debug_reason,
