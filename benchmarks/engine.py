@@ -8,7 +8,10 @@ days so that streaks tick, freeze and burn and caps fill up), time-ordered acros
 All implementations see the same :class:`buddyrules.Event` objects in the same order:
 
 * **buddyrules**: ``evaluate(rulebook, state, event)`` per event, keeping each user's new
-  (immutable) state, with effects, ledger entries and notifications built every time;
+  (immutable) state, with the effects record built every time, and the ledger and outbox
+  notifications written as rows every time (``Outcome.ledger`` and ``.notifications`` build
+  their ``LedgerEntry`` and ``Notification`` records from those rows when first read; this
+  run does not read them, as the hand-written code builds no notifications);
 * **hand-written, same contract** (:func:`handle_pure`): the same rules by hand, but with
   ``evaluate``'s contract: it does not mutate its input (copies what it changes), returns a
   new state dict, the SPEC §2 effects dict (``debug_reason`` included) and one ledger row per
