@@ -687,7 +687,10 @@ class _Writer:
         self.emit(1, "awarded = turn.badges")  # the live set: awards are seen at once
         self.emit(1, "reported = None")
         # The interpreter's bound: each pass that continues awards or readies one badge.
-        self.emit(1, f"for _ in _range({len(self.rulebook.badges) + 1}):")
+        # (A counted while loop: most events make one pass, and need no range object.)
+        self.emit(1, f"passes = {len(self.rulebook.badges) + 1}")
+        self.emit(1, "while passes:")
+        self.emit(2, "passes -= 1")
         self.emit(2, "changed = False")
         for badge in tested:
             self.badge(badge)
