@@ -74,19 +74,8 @@ def guarded_add(left: Any, right: Any) -> Any:
     return left + right
 
 
-_PLAIN_NUMBERS = frozenset({int, float})
-
-
 def guarded_mul(left: Any, right: Any) -> Any:
     """``left * right`` with the repetition limit and the integer width limit."""
-    kind = type(left)
-    if (kind is float or kind is int) and type(right) in _PLAIN_NUMBERS:
-        # Two plain numbers (the usual case, e.g. props.score * 10): nothing to repeat, so
-        # only the width of an integer product is checked (hasattr costs more than this).
-        result = left * right
-        if type(result) is int and result.bit_length() > MAX_INT_BITS:
-            raise LimitExceeded(f"integer wider than {MAX_INT_BITS} bits")
-        return result
     if hasattr(left, "__len__"):
         if hasattr(right, "__len__"):
             # Python refuses sized * sized anyway; checking first avoids computing
