@@ -17,6 +17,7 @@ import buddyrules as br
 from buddyrules import BuddyState
 from buddyrules.conditions._deps import state_deps
 from buddyrules.engine.turn import settled_carry
+from buddyrules.rulebook._deps import MIN_SKIPPABLE
 
 from .helpers import (
     assert_same_outcomes,
@@ -43,13 +44,23 @@ RULEBOOK = make_rulebook(
         {"key": "rich", "when": "coins >= 500"},
         {"key": "regular", "when": "event_count(login) >= 2"},
         # Enough skippable badges for the engine to use incremental passes.
-        *({"key": f"quiz_{n}", "when": f"event_count(quiz) >= {n}"} for n in range(1, 12)),
+        *(
+            {"key": f"quiz_{n}", "when": f"event_count(quiz) >= {n}"}
+            for n in range(1, MIN_SKIPPABLE)
+        ),
     ],
 )
 
 
-def test_incremental_passes_are_used_from_a_dozen_skippable_conditions() -> None:
+def test_incremental_passes_are_used_from_min_skippable_conditions() -> None:
     assert RULEBOOK.dependencies.worthwhile
+    below = make_rulebook(
+        badges=[
+            {"key": f"quiz_{n}", "when": f"event_count(quiz) >= {n}"}
+            for n in range(1, MIN_SKIPPABLE)
+        ]
+    )
+    assert not below.dependencies.worthwhile
     few = make_rulebook(badges=[{"key": "rich", "when": "coins >= 500"}])
     assert not few.dependencies.worthwhile
     state = br.evaluate(few, br.new_buddy(few, "u1"), event("lesson", at(0))).state
