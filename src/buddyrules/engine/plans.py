@@ -490,17 +490,44 @@ class _Writer:
             self.emit(depth, f"usage = turn.rule_usage.get({rule.key!r})")
             self.clip(depth, rule.daily_cap, rule.weekly_cap, None)
             self.emit(depth, "if credited > 0:")
-            credit = f"turn.credit_token({rule.token!r}, credited, {rule.reason!r})"
-            self.emit(depth + 1, f"credited = {credit}")
+            self.credit_token(depth + 1, rule.token, "credited", rule.reason)
             self.emit(depth + 1, "if credited > 0:")
             self.record(depth + 2, rule.key)
         else:
-            self.emit(
-                depth, f"credited = turn.credit_token({rule.token!r}, grant, {rule.reason!r})"
-            )
+            self.credit_token(depth, rule.token, "grant", rule.reason)
         self.emit(depth, "if credited < grant:")
         self.emit(depth + 1, "turn.clipped = True")
         self.grant(depth + 1, f"token_rule:{rule.key}", "True", "")
+
+    def credit_token(self, depth: int, token: str, amount: str, reason: str) -> None:
+        """``credited = Turn.credit_token(token, amount, reason)`` written out for an amount
+        known to be > 0: clipped to the token's ``max_balance``, then credited."""
+        max_balance = self.rulebook.tokens[token].max_balance
+        self.emit(depth, f"credited = {amount}")
+        self.emit(depth, f"balance = turn.tokens.get({token!r}, 0)")
+        if max_balance is not None:
+            self.emit(depth, f"room = {int(max_balance)} - balance")
+            self.emit(depth, "if credited > room:")
+            self.emit(depth + 1, "turn.clipped = True")
+            self.emit(depth + 1, "credited = room if room > 0 else 0")
+            self.emit(depth, "if credited > 0:")
+            depth += 1
+        self.emit(depth, "balance += credited")
+        self.emit(depth, f"turn.tokens[{token!r}] = balance")
+        self.emit(depth, "turn._tokens_changed = True")
+        self.emit(depth, "credits = turn.token_credits")
+        self.emit(depth, f"credits[{token!r}] = credits.get({token!r}, 0) + credited")
+        self.emit(depth, "turn.visible = True")
+        currency = f"token:{token}"
+        self.emit(depth, f"turn.ledger.append(({currency!r}, credited, balance, {reason!r}))")
+        self.notify(
+            depth,
+            "token.earned",
+            token=repr(token),
+            amount="credited",
+            balance="balance",
+            reason=repr(reason),
+        )
 
     def clip(
         self, depth: int, daily_cap: int | None, weekly_cap: int | None, total_limit: int | None
