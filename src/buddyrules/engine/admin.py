@@ -54,7 +54,8 @@ def _settle(turn: Turn) -> Outcome:
     if turn.rulebook.paths:
         before = len(turn.problems)
         evaluate_paths(turn, turn.base.audience)
-        del turn.problems[before:]
+        if len(turn.problems) > before:  # problems may still be the shared empty tuple
+            del turn.problems[before:]
     if turn.rulebook.badges:
         evaluate_badges(turn, turn.base.audience, record_problems=False)
     if len(turn.rulebook.stages) > 1:

@@ -76,6 +76,8 @@ def advance(rulebook: Rulebook, state: BuddyState, now: datetime) -> Outcome:
                 ),
             )
             turn.visible = True
+            if not turn.streak_changes:  # still the shared empty tuple
+                turn.streak_changes = []
             turn.streak_changes.append(
                 {"streak": streak.key, "change": "burned", "count_before": s.count}
             )

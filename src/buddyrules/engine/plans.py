@@ -264,6 +264,8 @@ class _Writer:
             token = streak.freeze_token
             self.emit(e + 1, f"elif turn.tokens.get({token!r}, 0) >= missed:")  # frozen
             self.emit(e + 2, f"turn.debit_token({token!r}, missed, {f'streak_freeze:{key}'!r})")
+            self.emit(e + 2, "if not turn.streak_changes:")  # the shared empty tuple
+            self.emit(e + 3, "turn.streak_changes = []")
             self.emit(
                 e + 2,
                 f"turn.streak_changes.append({{'streak': {key!r}, 'change': 'frozen', "
@@ -271,6 +273,8 @@ class _Writer:
             )
             self.emit(e + 2, "count = current.count + 1")
         self.emit(e + 1, "else:")  # burned: restart
+        self.emit(e + 2, "if not turn.streak_changes:")  # the shared empty tuple
+        self.emit(e + 3, "turn.streak_changes = []")
         self.emit(
             e + 2,
             f"turn.streak_changes.append({{'streak': {key!r}, 'change': 'burned', "
@@ -298,6 +302,8 @@ class _Writer:
         self.emit(d + 1, f"ns['streaks'][{key!r}] = {{'count': count, 'best': best}}")
         self.emit(d, "turn.visible = True")
         ticked = f"{{'streak': {key!r}, 'change': 'ticked', 'count': count}}"
+        self.emit(d, "if not turn.streak_changes:")  # the shared empty tuple
+        self.emit(d + 1, "turn.streak_changes = []")
         self.emit(d, f"turn.streak_changes.append({ticked})")
         self.notify(d, "streak.ticked", streak=repr(key), count="count", best="best")
         if not streak.tick_reward.is_empty:

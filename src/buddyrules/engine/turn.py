@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
+from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple, TypeVar, overload
 
 from buddyrules.effects import Effects, build_effects, frozen_builder
@@ -180,6 +181,9 @@ _build_outcome = frozen_builder(Outcome)
 #: so that an event that awards nothing builds no list. Writers replace it with a list
 #: first (``if not turn.x: turn.x = []``); appending to it by mistake raises.
 _NOTHING: Any = ()
+#: A turn's namespace until one is built: empty (so ``if ns:`` finds no live namespace) and
+#: read-only (writing into it by mistake raises).
+_NO_NAMESPACE: Any = MappingProxyType({})
 _records = Records
 
 
@@ -314,9 +318,9 @@ class Turn:
         self.ready_now = _NOTHING
         self.milestones = _NOTHING
         self.skill_changes = {}
-        self.streak_changes = []
+        self.streak_changes = _NOTHING
         self.path_changes = _NOTHING
-        self.problems = []
+        self.problems = _NOTHING
         self.trace = [] if explain else _NOTHING
         self.ledger = []
         self.notifications = []
@@ -326,7 +330,7 @@ class Turn:
         self.matched = False
         self.clipped = False
         self.visible = False
-        self.ns = {}
+        self.ns = _NO_NAMESPACE  # built by build_namespace / open_namespace when needed
         self.dirty = None
         # A replay's per-rule record, else None (not recorded): see plans.py, _Writer.grant.
         self.grants = None
@@ -376,11 +380,11 @@ class Turn:
         if self.skill_changes:
             self.skill_changes = {}
         if self.streak_changes:
-            self.streak_changes = []
+            self.streak_changes = _NOTHING
         if self.path_changes:
             self.path_changes = _NOTHING
         if self.problems:
-            self.problems = []
+            self.problems = _NOTHING
         if self.trace:
             self.trace = [] if self.explain else _NOTHING
         if self.ledger:
@@ -670,6 +674,8 @@ class Turn:
 
     def problem(self, rule: str, reason: str) -> None:
         """Record an evaluation problem (a failed expression); never raised."""
+        if not self.problems:
+            self.problems = []
         self.problems.append({"rule": rule, "reason": reason})
 
     def state_values(
