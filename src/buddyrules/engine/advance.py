@@ -76,10 +76,9 @@ def advance(rulebook: Rulebook, state: BuddyState, now: datetime) -> Outcome:
                 ),
             )
             turn.visible = True
-            if not turn.streak_changes:  # still the shared empty tuple
-                turn.streak_changes = []
-            turn.streak_changes.append(
-                {"streak": streak.key, "change": "burned", "count_before": s.count}
+            turn.append(
+                "streak_changes",
+                {"streak": streak.key, "change": "burned", "count_before": s.count},
             )
             turn.notify("streak.burned", {"streak": streak.key, "count_before": s.count})
     return turn.finish(debug=False)

@@ -100,9 +100,7 @@ def _advance_path(turn: Turn, path: Path) -> None:
                 continue
             unlocked = (*unlocked, step.key)
             changed = True
-            if not turn.path_changes:
-                turn.path_changes = []
-            turn.path_changes.append({"path": path.key, "step": step.key, "status": "unlocked"})
+            turn.append("path_changes", {"path": path.key, "step": step.key, "status": "unlocked"})
         pending: list[str] = []
         for sub in step.sub_steps:
             ref = sub.ref
@@ -115,24 +113,21 @@ def _advance_path(turn: Turn, path: Path) -> None:
                 if ok:
                     done = (*done, ref)
                     changed = True
-                    if not turn.path_changes:
-                        turn.path_changes = []
-                    turn.path_changes.append(
+                    turn.append(
+                        "path_changes",
                         {
                             "path": path.key,
                             "step": step.key,
                             "sub_step": sub.key,
                             "status": "completed",
-                        }
+                        },
                     )
                     continue
             pending.append(sub.key)
         if not pending and _holds(turn, step, "complete"):
             completed = (*completed, step.key)
             changed = True
-            if not turn.path_changes:
-                turn.path_changes = []
-            turn.path_changes.append({"path": path.key, "step": step.key, "status": "completed"})
+            turn.append("path_changes", {"path": path.key, "step": step.key, "status": "completed"})
             turn.notify("path.step_completed", {"path": path.key, "step": step.key})
             if explain:
                 _trace(turn, path, step, True, "completed")
@@ -178,9 +173,8 @@ def complete_sub_step(turn: Turn, path_key: str, step_key: str, sub_key: str) ->
         ),
     )
     turn.visible = True
-    if not turn.path_changes:
-        turn.path_changes = []
-    turn.path_changes.append(
-        {"path": path_key, "step": step_key, "sub_step": sub_key, "status": "completed"}
+    turn.append(
+        "path_changes",
+        {"path": path_key, "step": step_key, "sub_step": sub_key, "status": "completed"},
     )
     return True

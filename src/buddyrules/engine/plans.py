@@ -136,6 +136,13 @@ class _Writer:
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
+    def append(self, depth: int, name: str, item: str) -> None:
+        """Emit ``turn.append(name, item)`` inline: the per-event list holds the shared
+        empty tuple until its first item (see ``Turn.append``)."""
+        self.emit(depth, f"if not turn.{name}:")
+        self.emit(depth + 1, f"turn.{name} = []")
+        self.emit(depth, f"turn.{name}.append({item})")
+
     def notify(self, depth: int, kind: str, **payload: str) -> None:
         """Emit ``turn.notify(kind, {key: value, ...})`` as the row it writes (a turn's
         ``NoteRow``: the payload's keys, then its values as source expressions)."""
@@ -264,21 +271,17 @@ class _Writer:
             token = streak.freeze_token
             self.emit(e + 1, f"elif turn.tokens.get({token!r}, 0) >= missed:")  # frozen
             self.emit(e + 2, f"turn.debit_token({token!r}, missed, {f'streak_freeze:{key}'!r})")
-            self.emit(e + 2, "if not turn.streak_changes:")  # the shared empty tuple
-            self.emit(e + 3, "turn.streak_changes = []")
-            self.emit(
+            self.append(
                 e + 2,
-                f"turn.streak_changes.append({{'streak': {key!r}, 'change': 'frozen', "
-                "'freezes_used': missed})",
+                "streak_changes",
+                f"{{'streak': {key!r}, 'change': 'frozen', 'freezes_used': missed}}",
             )
             self.emit(e + 2, "count = current.count + 1")
         self.emit(e + 1, "else:")  # burned: restart
-        self.emit(e + 2, "if not turn.streak_changes:")  # the shared empty tuple
-        self.emit(e + 3, "turn.streak_changes = []")
-        self.emit(
+        self.append(
             e + 2,
-            f"turn.streak_changes.append({{'streak': {key!r}, 'change': 'burned', "
-            "'count_before': current.count})",
+            "streak_changes",
+            f"{{'streak': {key!r}, 'change': 'burned', 'count_before': current.count}}",
         )
         self.notify(e + 2, "streak.burned", streak=repr(key), count_before="current.count")
         self.emit(e + 2, "count = 1")
@@ -302,18 +305,14 @@ class _Writer:
         self.emit(d + 1, f"ns['streaks'][{key!r}] = {{'count': count, 'best': best}}")
         self.emit(d, "turn.visible = True")
         ticked = f"{{'streak': {key!r}, 'change': 'ticked', 'count': count}}"
-        self.emit(d, "if not turn.streak_changes:")  # the shared empty tuple
-        self.emit(d + 1, "turn.streak_changes = []")
-        self.emit(d, f"turn.streak_changes.append({ticked})")
+        self.append(d, "streak_changes", ticked)
         self.notify(d, "streak.ticked", streak=repr(key), count="count", best="best")
         if not streak.tick_reward.is_empty:
             self.emit(d, f"turn.pay({self.bind(streak.tick_reward)}, {f'streak:{key}'!r})")
         if streak.milestones:
             self.emit(d, "if due:")
             self.emit(d + 1, "for reached, reward in due:")
-            self.emit(d + 2, "if not turn.milestones:")  # still the shared empty tuple
-            self.emit(d + 3, "turn.milestones = []")
-            self.emit(d + 2, f"turn.milestones.append({{'streak': {key!r}, 'count': reached}})")
+            self.append(d + 2, "milestones", f"{{'streak': {key!r}, 'count': reached}}")
             self.notify(d + 2, "streak.milestone", streak=repr(key), count="reached")
             self.emit(d + 2, f"turn.pay(reward, f'streak_milestone:{key}:{{reached}}')")
 
@@ -654,12 +653,10 @@ class _Writer:
             self.emit(e + 1, "if go:")
             self.emit(e + 2, f"unlocked = (*unlocked, {sk!r})")
             self.emit(e + 2, "changed = True")
-            self.emit(e + 2, "if not turn.path_changes:")  # the shared empty tuple
-            self.emit(e + 3, "turn.path_changes = []")
-            self.emit(
+            self.append(
                 e + 2,
-                f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
-                "'status': 'unlocked'})",
+                "path_changes",
+                f"{{'path': {pk!r}, 'step': {sk!r}, 'status': 'unlocked'}}",
             )
             self.emit(e, "if not go:")
             self.emit(e + 1, "prev = False")
@@ -675,12 +672,11 @@ class _Writer:
                 self.emit(f + 1, "if ok:")
                 self.emit(f + 2, f"done = (*done, {sub.ref!r})")
                 self.emit(f + 2, "changed = True")
-                self.emit(f + 2, "if not turn.path_changes:")  # the shared empty tuple
-                self.emit(f + 3, "turn.path_changes = []")
-                self.emit(
+                self.append(
                     f + 2,
-                    f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
-                    f"'sub_step': {sub.key!r}, 'status': 'completed'}})",
+                    "path_changes",
+                    f"{{'path': {pk!r}, 'step': {sk!r}, "
+                    f"'sub_step': {sub.key!r}, 'status': 'completed'}}",
                 )
                 self.emit(f + 1, "else:")
                 self.emit(f + 2, "pending = True")
@@ -696,12 +692,10 @@ class _Writer:
                 g += 1
             self.emit(g, f"completed = (*completed, {sk!r})")
             self.emit(g, "changed = True")
-            self.emit(g, "if not turn.path_changes:")  # the shared empty tuple
-            self.emit(g + 1, "turn.path_changes = []")
-            self.emit(
+            self.append(
                 g,
-                f"turn.path_changes.append({{'path': {pk!r}, 'step': {sk!r}, "
-                "'status': 'completed'})",
+                "path_changes",
+                f"{{'path': {pk!r}, 'step': {sk!r}, 'status': 'completed'}}",
             )
             self.notify(g, "path.step_completed", path=repr(pk), step=repr(sk))
             self.emit(g, f"turn.set_path({pk!r}, _path({progress}))")

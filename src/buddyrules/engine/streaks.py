@@ -91,18 +91,16 @@ def apply_streaks(turn: Turn, streaks: tuple[Streak, ...], ctx: EventContext) ->
         turn.matched = True
         prev_count = current.count if current is not None else 0
         if outcome == "burned":
-            if not turn.streak_changes:
-                turn.streak_changes = []
-            turn.streak_changes.append(
-                {"streak": streak.key, "change": "burned", "count_before": prev_count}
+            turn.append(
+                "streak_changes",
+                {"streak": streak.key, "change": "burned", "count_before": prev_count},
             )
             turn.notify("streak.burned", {"streak": streak.key, "count_before": prev_count})
         if freezes and streak.freeze_token is not None:
             turn.debit_token(streak.freeze_token, freezes, f"streak_freeze:{streak.key}")
-            if not turn.streak_changes:
-                turn.streak_changes = []
-            turn.streak_changes.append(
-                {"streak": streak.key, "change": "frozen", "freezes_used": freezes}
+            turn.append(
+                "streak_changes",
+                {"streak": streak.key, "change": "frozen", "freezes_used": freezes},
             )
         count = 1 if restarts else prev_count + 1
         best = max(count, current.best if current is not None else 0)
@@ -123,17 +121,13 @@ def apply_streaks(turn: Turn, streaks: tuple[Streak, ...], ctx: EventContext) ->
         )
         turn.ns["streaks"][streak.key] = {"count": count, "best": best}
         turn.visible = True
-        if not turn.streak_changes:
-            turn.streak_changes = []
-        turn.streak_changes.append({"streak": streak.key, "change": "ticked", "count": count})
+        turn.append("streak_changes", {"streak": streak.key, "change": "ticked", "count": count})
         turn.notify("streak.ticked", {"streak": streak.key, "count": count, "best": best})
         if entry is not None:
             entry["fired"] = True
             entry["count"] = count
         turn.pay(streak.tick_reward, f"streak:{streak.key}")
         for milestone_count, reward in due:
-            if not turn.milestones:
-                turn.milestones = []
-            turn.milestones.append({"streak": streak.key, "count": milestone_count})
+            turn.append("milestones", {"streak": streak.key, "count": milestone_count})
             turn.notify("streak.milestone", {"streak": streak.key, "count": milestone_count})
             turn.pay(reward, f"streak_milestone:{streak.key}:{milestone_count}")

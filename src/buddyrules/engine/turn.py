@@ -484,6 +484,16 @@ class Turn:
             self._decay_owned = True
         self.decay_applied[key] = period
 
+    def append(self, name: str, item: Any) -> None:
+        """Append ``item`` to the per-event list ``name`` (``awarded_now``, ``milestones``,
+        ``streak_changes``, ``path_changes``, ``problems``...), which holds the shared empty
+        tuple until its first item (see ``_NOTHING``). Event plans write the same inline."""
+        items = getattr(self, name)
+        if not items:
+            items = []
+            setattr(self, name, items)
+        items.append(item)
+
     def add_gate(self, key: str) -> None:
         """Mark a gate unlocked."""
         self.gates = (*self.gates, key)
@@ -602,9 +612,7 @@ class Turn:
         self.badges.add(key)
         if key in self.ready:
             self.ready = tuple(k for k in self.ready if k != key)
-        if not self.awarded_now:
-            self.awarded_now = []
-        self.awarded_now.append(key)
+        self.append("awarded_now", key)
         self.visible = True
         if self.notifications is not None:
             self.notifications.append(("badge.awarded", _AWARDED_KEYS, key, reason))
@@ -618,9 +626,7 @@ class Turn:
         if key in self.ready or key in self.badges:
             return
         self.ready = (*self.ready, key)
-        if not self.ready_now:
-            self.ready_now = []
-        self.ready_now.append(key)
+        self.append("ready_now", key)
         self.visible = True
         self.notify("badge.ready", {"badge": key})
 
@@ -674,9 +680,7 @@ class Turn:
 
     def problem(self, rule: str, reason: str) -> None:
         """Record an evaluation problem (a failed expression); never raised."""
-        if not self.problems:
-            self.problems = []
-        self.problems.append({"rule": rule, "reason": reason})
+        self.append("problems", {"rule": rule, "reason": reason})
 
     def state_values(
         self,
