@@ -221,3 +221,15 @@ def test_an_unpickled_rulebook_plans_the_same(tmp_path: Path) -> None:
     b = _planned_and_interpreted(rulebook, br.new_buddy(rulebook, "u1"), events)
     assert [o.effects.to_wire() for o in a] == [o.effects.to_wire() for o in b]
     assert a[-1].state.coins == b[-1].state.coins > 0
+
+
+def test_a_plan_keeps_the_names_inlined_expressions_call() -> None:
+    # Inlined conditions call HELPERS by name (_min, _streak, _reason...); a plan's own
+    # globals must not rebind any of them to something else.
+    from buddyrules.conditions._compiler import HELPERS
+
+    rulebook = make_rulebook(coin_rules=[{"key": "c", "event": "lesson", "amount": 1}])
+    writer = plans._Writer(rulebook, "lesson")
+    writer.source()
+    for name, helper in HELPERS.items():
+        assert writer.globals[name] is helper, name

@@ -109,15 +109,12 @@ class _Writer:
             "_amount_value": amount_value,
             "_streak_of": streak_of,
             "_floor": math.floor,
-            "_max": max,
-            "_min": min,
-            "_range": range,
             "_set": set,
-            "_streak": build_streak,
+            # Not "_streak": that is HELPERS' streak() of inlined expressions.
+            "_new_streak": build_streak,
             "_tuple": tuple,
             "_sorted": sorted,
             "_path": build_path,
-            "_len": len,
             "_evolve_now": evolve_now,
             "_week_of": week_of,
             "_context": EventContext,
@@ -299,7 +296,7 @@ class _Writer:
             self.emit(d + 1, "paid = _tuple(_sorted((*paid, *[c for c, _ in due])))")
         self.emit(
             d,
-            f"turn.set_streak({key!r}, _streak(count, best, period, paid))",
+            f"turn.set_streak({key!r}, _new_streak(count, best, period, paid))",
         )
         self.emit(d, "if ns:")  # a live namespace is kept current
         self.emit(d + 1, f"ns['streaks'][{key!r}] = {{'count': count, 'best': best}}")
