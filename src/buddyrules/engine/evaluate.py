@@ -145,19 +145,6 @@ def evaluate(
     timezone = state.__dict__["timezone"]
     day = local_day(occurred_at, zone(timezone) if timezone else rulebook.period_tz)
     turn = Turn(rulebook, state, explain)
-    if explain:
-        # The interpreter's conditions read the namespace (plans read the turn itself and
-        # build one only if some expression needs it: Turn.open_namespace).
-        turn.build_namespace(
-            {
-                "type": event_type,
-                "audience": audience,
-                "user_id": ev.user_id,
-                "occurred_at": occurred_at.isoformat(),
-                "properties": ev.properties,
-            },
-            audience,
-        )
 
     # 1. counters
     counters = turn.counters
@@ -178,6 +165,9 @@ def evaluate(
         )
     ctx = EventContext(event_type, audience, occurred_at, day)
     if explain:
+        # The interpreter's conditions read the namespace (plans read the turn itself and
+        # build one only if some expression needs it).
+        turn.open_namespace(ev, ctx)
         # 2. streaks
         streaks = rulebook.streaks_by_type.get(event_type)
         if streaks:

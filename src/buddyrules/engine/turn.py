@@ -439,17 +439,18 @@ class Turn:
         return self.ns
 
     def open_namespace(self, event: Event, ctx: EventContext) -> dict[str, Any]:
-        """Build the namespace for ``event`` (as ``evaluate`` does) when a plan needs one.
+        """Build the namespace for ``event``: for the interpreter, and for a plan that needs
+        one.
 
-        The event part holds ``occurred_at`` only if an expression of the rulebook can read
-        it (:attr:`Rulebook.reads_event_time`).
+        The event part holds ``occurred_at`` when the turn is traced (the trace shows it) or
+        an expression of the rulebook can read it (:attr:`Rulebook.reads_event_time`).
         """
         event_ns: dict[str, Any] = {
             "type": ctx.type,
             "audience": ctx.audience,
             "user_id": event.user_id,
         }
-        if self.rulebook.reads_event_time:
+        if self.explain or self.rulebook.reads_event_time:
             event_ns["occurred_at"] = ctx.occurred_at.isoformat()
         event_ns["properties"] = event.properties
         return self.build_namespace(event_ns, ctx.audience)
